@@ -1,0 +1,113 @@
+"""Figures a person would rather look at than read: image grids, class bars,
+confusion matrices, training curves. Every PNG is written atomically."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import CLASS_NAMES, NUM_CLASSES
+from .files import atomic_path
+
+SHORT_NAMES = ("bas", "eos", "ery", "ig", "lym", "mon", "neu", "plt")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_image_grid(path, images, titles=None, title: str | None = None, ncols: int = 10,
+                    title_colors=None, max_images: int = 100, cell_inches: float = 1.1) -> None:
+    """A grid of uint8 images (N, H, W, 3) with optional per-image captions."""
+    plt = _pyplot()
+    images = np.asarray(images)[:max_images]
+    n = len(images)
+    ncols = max(1, min(ncols, n or 1))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_inches, nrows * cell_inches + 0.4),
+                             dpi=100, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i])
+            if titles is not None:
+                color = title_colors[i] if title_colors is not None else "black"
+                ax.set_title(str(titles[i]), fontsize=6, color=color, pad=2)
+    if n == 0:
+        axes.flat[0].text(0.5, 0.5, "(none)", ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def save_class_bars(path, counts: dict, title: str = "Images per class") -> None:
+    """Grouped bars: {series name: per-class counts}, e.g. before/after cleaning."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=100)
+    width = 0.8 / max(len(counts), 1)
+    x = np.arange(NUM_CLASSES)
+    for k, (name, values) in enumerate(counts.items()):
+        values = np.asarray(values)
+        bars = ax.bar(x + (k - (len(counts) - 1) / 2) * width, values, width, label=f"{name} ({values.sum()})")
+        ax.bar_label(bars, fontsize=6)
+    ax.set_xticks(x, SHORT_NAMES)
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def save_confusion_matrix(path, matrix, title: str = "Confusion matrix", normalize: bool = True) -> None:
+    """Rows: true class, columns: predicted. Cells show counts; colour shows row share."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(6, 5.2), dpi=100)
+    ax.imshow(share if normalize else matrix, cmap="Blues", vmin=0)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, f"{matrix[i, j]}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(NUM_CLASSES), SHORT_NAMES)
+    ax.set_yticks(range(NUM_CLASSES), [f"{s} ({int(r)})" for s, r in zip(SHORT_NAMES, rows[:, 0])])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def save_curves(path, series: dict, xlabel: str = "epoch", title: str = "Training curves") -> None:
+    """One panel per group: {panel title: {line label: values}}."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.2), dpi=100, squeeze=False)
+    for ax, (panel, lines) in zip(axes[0], series.items()):
+        for label, values in lines.items():
+            ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
+        ax.set_title(panel)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def class_caption(label: int) -> str:
+    return SHORT_NAMES[int(label)] if 0 <= int(label) < NUM_CLASSES else "?"
+
+
+__all__ = ["CLASS_NAMES", "SHORT_NAMES", "save_image_grid", "save_class_bars",
+           "save_confusion_matrix", "save_curves", "class_caption"]

@@ -1,0 +1,33 @@
+"""Shared fixtures. Real-data tests read ../shared/data/pbc96_dev.npz (or
+$BLOODCELLS_PBC) and skip cleanly when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+PBC_PATH = Path(os.environ.get("BLOODCELLS_PBC", REPO.parent / "shared" / "data" / "pbc96_dev.npz"))
+
+
+@pytest.fixture(scope="session")
+def pbc_path() -> Path:
+    if not PBC_PATH.is_file():
+        pytest.skip(f"real PBC data not found at {PBC_PATH}")
+    return PBC_PATH
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: (size, mtime_ns)} of every file under folder: to prove nothing was written."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
