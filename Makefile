@@ -44,5 +44,9 @@ demo: $(INSTALLED)
 	$(PY) -m bloodcells.synth --out $(DEMO)/demo.npz --seed $(SEED)
 	@echo "demo: synthetic training set -> $(DEMO)/demo.npz"
 
+# Long measurements: each bench/*.py prints its figures (nothing is asserted).
+bench: $(INSTALLED)
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
 clean:
 	rm -rf build runs .pytest_cache
