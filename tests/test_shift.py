@@ -1,0 +1,171 @@
+"""bloodcells.shift: corruption families, profiles, determinism, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bloodcells import shift
+from bloodcells.data import load_dataset
+from tests.conftest import REPO, snapshot
+
+
+def cell_images(n: int, seed: int = 0) -> np.ndarray:
+    """Blood-smear-like test images: pink textured background, a dark purple disc."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:96, :96]
+    out = np.empty((n, 96, 96, 3), dtype=np.uint8)
+    for i in range(n):
+        img = np.array([235.0, 200.0, 190.0]) + rng.normal(0, 6, (96, 96, 3))
+        cy, cx, r = rng.uniform(35, 60), rng.uniform(35, 60), rng.uniform(12, 25)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+        img[disc] = np.array([90.0, 50.0, 140.0]) + rng.normal(0, 15, (int(disc.sum()), 3))
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+IMAGES = cell_images(24)
+
+
+def test_none_profile_returns_an_unchanged_copy():
+    out = shift.apply_shift(IMAGES, "none", seed=3)
+    assert np.array_equal(out, IMAGES) and out is not IMAGES
+
+
+@pytest.mark.parametrize("profile", ["server", "sweep"])
+def test_same_seed_same_images_other_seed_other_images(profile):
+    a = shift.apply_shift(IMAGES, profile, seed=7)
+    b = shift.apply_shift(IMAGES, profile, seed=7)
+    c = shift.apply_shift(IMAGES, profile, seed=8)
+    assert a.dtype == np.uint8 and a.shape == IMAGES.shape
+    assert np.array_equal(a, b)
+    if profile == "server":
+        assert not np.array_equal(a, c)
+        assert shift.describe(len(IMAGES), profile, 7) != shift.describe(len(IMAGES), profile, 8)
+
+
+def test_image_result_depends_only_on_seed_index_and_profile():
+    full = shift.apply_shift(IMAGES, "server", seed=1)
+    # A prefix is shifted exactly as in the full batch ...
+    assert np.array_equal(shift.apply_shift(IMAGES[:5], "server", seed=1), full[:5])
+    # ... and changing other images does not change image 3's result.
+    other = IMAGES.copy()
+    other[[0, 1, 2, 4]] = cell_images(4, seed=99)
+    assert np.array_equal(shift.apply_shift(other, "server", seed=1)[3], full[3])
+
+
+def test_inputs_are_not_modified():
+    before = IMAGES.copy()
+    shift.apply_shift(IMAGES, "server", seed=0)
+    for family in shift.FAMILIES:
+        shift.corrupt(IMAGES[:2], family, 5, seed=0)
+    assert np.array_equal(IMAGES, before)
+
+
+def test_server_profile_gives_each_image_one_to_three_distinct_operations():
+    plans = [shift.plan(i, "server", seed=0) for i in range(600)]
+    counts = np.bincount([len(p) for p in plans], minlength=4)
+    assert counts[0] == 0 and all(counts[k] > 100 for k in (1, 2, 3))
+    for p in plans:
+        assert len({family for family, _ in p}) == len(p)  # no family twice
+        assert all(1 <= severity <= 5 for _, severity in p)
+    used = {family for p in plans for family, _ in p}
+    assert used == set(shift.FAMILIES)
+    # Every shifted image differs from its clean self.
+    out = shift.apply_shift(IMAGES, "server", seed=0)
+    assert all(not np.array_equal(o, i) for o, i in zip(out, IMAGES))
+
+
+def test_sweep_profile_cycles_through_families_and_severities():
+    n = len(shift.FAMILIES) * 5
+    seen = {tuple(shift.plan(i, "sweep", 0)[0]) for i in range(n)}
+    assert seen == {(f, s) for f in shift.FAMILIES for s in shift.SEVERITIES}
+
+
+@pytest.mark.parametrize("family", shift.FAMILIES)
+def test_every_family_changes_images_at_every_severity(family):
+    for severity in shift.SEVERITIES:
+        out = shift.corrupt(IMAGES[:4], family, severity, seed=0)
+        assert out.dtype == np.uint8 and out.shape == (4, 96, 96, 3)
+        assert not np.array_equal(out, IMAGES[:4]), (family, severity)
+        assert np.array_equal(out, shift.corrupt(IMAGES[:4], family, severity, seed=0))
+
+
+# Families whose damage grows with severity (flip has no "stronger"; geometry is a
+# different view rather than a damage, so it is measured separately below).
+GRADED = ("stain", "hue_saturation", "brightness", "contrast", "gamma", "noise", "blur", "jpeg",
+          "grayscale", "channel_mix", "posterize", "solarize", "occlusion", "zoom", "translate", "rotate")
+
+
+@pytest.mark.parametrize("family", GRADED)
+def test_damage_grows_with_severity(family):
+    damage = [np.abs(shift.corrupt(IMAGES, family, s, seed=2).astype(float) - IMAGES).mean()
+              for s in shift.SEVERITIES]
+    assert all(a < b for a, b in zip(damage, damage[1:])), (family, np.round(damage, 2))
+
+
+def test_sweep_yields_every_family_and_severity_once():
+    seen = [(f, s) for f, s, out in shift.sweep(IMAGES[:2], seed=0) if out.shape == (2, 96, 96, 3)]
+    assert seen == [(f, s) for f in shift.FAMILIES for s in shift.SEVERITIES]
+    some = list(shift.sweep(IMAGES[:2], seed=0, families=["blur"], severities=[2]))
+    assert len(some) == 1 and np.array_equal(some[0][2], shift.corrupt(IMAGES[:2], "blur", 2, 0))
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="profile"):
+        shift.apply_shift(IMAGES, "wild")
+    with pytest.raises(ValueError, match="family"):
+        shift.corrupt(IMAGES, "sepia", 1)
+    with pytest.raises(ValueError, match="severity"):
+        shift.corrupt(IMAGES, "blur", 6)
+    with pytest.raises(ValueError, match="uint8"):
+        shift.apply_shift(IMAGES.astype(np.float32))
+
+
+def test_module_does_not_import_tensorflow():
+    code = "import sys, bloodcells.shift as s; s.apply_shift(s.np.zeros((1,96,96,3), s.np.uint8)); " \
+           "print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "bloodcells.shift", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": ""})
+
+
+def test_cli_writes_a_loadable_shifted_set_and_a_preview(tmp_path):
+    labels = np.arange(len(IMAGES)) % 8
+    src = tmp_path / "in.npz"
+    np.savez(src, images=IMAGES, labels=labels)
+    out, png = tmp_path / "shifted.npz", tmp_path / "preview.png"
+    result = _cli("--data", src, "--profile", "server", "--seed", 4, "--out", out, "--preview", png)
+    assert result.returncode == 0, result.stderr
+    shifted = load_dataset(out, notify=None)
+    assert np.array_equal(shifted.images, shift.apply_shift(IMAGES, "server", 4))
+    assert np.array_equal(shifted.labels, labels)
+    with np.load(out) as z:
+        assert list(z["ops"]) == shift.describe(len(IMAGES), "server", 4)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bad_input_is_one_line_error_and_writes_nothing(tmp_path):
+    before = snapshot(tmp_path)
+    result = _cli("--data", tmp_path / "missing.npz", "--out", tmp_path / "o.npz")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "missing.npz" in result.stderr
+    result = _cli("--data", tmp_path / "missing.npz", "--out", tmp_path / "o.txt")
+    assert result.returncode == 2 and "--out" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_real_images_keep_their_size_and_change(pbc_path):
+    data = load_dataset(pbc_path, "val", notify=None).subset(np.arange(40))
+    out = shift.apply_shift(data.images, "server", seed=0)
+    assert out.shape == data.images.shape
+    changed = [(o != i).mean() > 0.01 for o, i in zip(out, data.images)]
+    assert np.mean(changed) > 0.9
