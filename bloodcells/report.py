@@ -111,3 +111,142 @@ def class_caption(label: int) -> str:
 
 __all__ = ["CLASS_NAMES", "SHORT_NAMES", "save_image_grid", "save_class_bars",
            "save_confusion_matrix", "save_curves", "class_caption"]
+
+
+# -- evaluation ---------------------------------------------------------------------------
+# Figures and the HTML page of local_eval.py.
+
+def save_wrong_guesses(path, images, labels, predictions, confidence=None, max_images: int = 60,
+                       title: str = "Wrong guesses (t: true, p: predicted)") -> int:
+    """Grid of misclassified images captioned with true and predicted class (and the
+    model's confidence when known), most confident mistakes first. Returns the count."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    wrong = np.flatnonzero(labels != predictions)
+    if confidence is not None:
+        wrong = wrong[np.argsort(-np.asarray(confidence)[wrong], kind="stable")]
+    shown = wrong[:max_images]
+    titles = [f"t {class_caption(labels[i])} p {class_caption(predictions[i])}"
+              + (f" {confidence[i]:.2f}" if confidence is not None else "") for i in shown]
+    save_image_grid(path, np.asarray(images)[shown], titles=titles, ncols=10,
+                    title=f"{title}: {len(wrong)} of {len(labels)}"
+                          + (f", {len(shown)} shown" if len(shown) < len(wrong) else ""),
+                    title_colors=["crimson"] * len(shown), max_images=max_images)
+    return len(wrong)
+
+
+def save_confidence_plot(path, confidence, correct, title: str = "Predictions sorted by confidence") -> None:
+    """Left: every prediction's confidence, sorted, misclassified marked in red.
+    Right: accuracy per confidence bin against the diagonal (calibration)."""
+    plt = _pyplot()
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=bool)
+    order = np.argsort(-confidence, kind="stable")
+    rank = np.arange(len(order))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100, gridspec_kw={"width_ratios": [2, 1]})
+    ax.plot(rank, confidence[order], color="steelblue", lw=1, label="confidence")
+    bad = ~correct[order]
+    ax.scatter(rank[bad], confidence[order][bad], s=8, color="crimson", marker="x",
+               label=f"misclassified ({int(bad.sum())})", zorder=3)
+    ax.set_xlabel("predictions, most confident first")
+    ax.set_ylabel("max probability")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    edges = np.linspace(0, 1, 11)
+    bins = np.clip(np.digitize(confidence, edges) - 1, 0, 9)
+    counts = np.bincount(bins, minlength=10)
+    hits = np.bincount(bins, weights=correct.astype(float), minlength=10)
+    centres = (edges[:-1] + edges[1:]) / 2
+    has = counts > 0
+    ax2.bar(centres[has], hits[has] / counts[has], width=0.09, color="steelblue", alpha=0.8)
+    for c, n, h in zip(centres[has], counts[has], hits[has]):
+        ax2.text(c, h / n + 0.02, str(int(n)), ha="center", fontsize=6)
+    ax2.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
+    ax2.set_xlim(0, 1)
+    ax2.set_ylim(0, 1.1)
+    ax2.set_xlabel("confidence bin (count above bar)")
+    ax2.set_ylabel("accuracy")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def save_family_accuracy(path, table: dict, title: str = "Accuracy per corruption family and severity",
+                         reference: float | None = None) -> None:
+    """Heatmap, rows: families, columns: severities 1-5 and 'all'. `table` maps
+    family -> {severity (1-5) or 'all': (accuracy, n images)}; missing cells are blank.
+    `reference` (e.g. clean accuracy) is drawn in the title for comparison."""
+    plt = _pyplot()
+    families = list(table)
+    columns = [1, 2, 3, 4, 5, "all"]
+    values = np.full((len(families), len(columns)), np.nan)
+    for r, family in enumerate(families):
+        for c, column in enumerate(columns):
+            if column in table[family]:
+                values[r, c] = table[family][column][0]
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(families) + 1.4), dpi=100)
+    ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for r, family in enumerate(families):
+        for c, column in enumerate(columns):
+            if column in table[family]:
+                acc, n = table[family][column]
+                ax.text(c, r, f"{100 * acc:.0f}" + (f" ({n})" if n < 100 else ""),
+                        ha="center", va="center", fontsize=6.5)
+    ax.set_xticks(range(len(columns)), [f"sev {c}" if c != "all" else "all" for c in columns])
+    ax.set_yticks(range(len(families)), families, fontsize=7)
+    ax.set_title(title + (f"\n(clean accuracy {100 * reference:.1f} %; cells: accuracy %, (n) if < 100)"
+                          if reference is not None else "\n(cells: accuracy %, (n) if < 100)"), fontsize=9)
+    _save(fig, path)
+
+
+def write_html_report(path, title: str, summary: list[dict], sections: list[dict], notes=()) -> None:
+    """One self-explaining page: a summary table (list of {column: value}), then per
+    section a heading, figures [(file relative to the page, caption)], optional
+    tables ({'caption', 'rows': [dict]}) and preformatted text (e.g. a failure log)."""
+    import html
+
+    from .files import write_text_atomic
+
+    def table_html(rows, caption=""):
+        if not rows:
+            return ""
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_html_cell(row.get(c)))}</td>" for c in columns)
+                       + "</tr>" for row in rows)
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        return f"<table>{cap}<tr>{head}</tr>{body}</table>"
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "font-size:13px;text-align:right}caption{text-align:left;font-weight:bold}"
+             "img{max-width:100%;border:1px solid #eee;margin:4px 0}figure{margin:1em 0}"
+             "pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}"
+             ".failed{color:#b00}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    parts.append(table_html(summary, "Summary"))
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section['heading'])}</h2>")
+        if section.get("text"):
+            parts.append(f"<p class='{section.get('class', '')}'>{html.escape(section['text'])}</p>")
+        for table in section.get("tables", []):
+            parts.append(table_html(table["rows"], table.get("caption", "")))
+        for file, caption in section.get("figures", []):
+            parts.append(f"<figure><img src='{html.escape(str(file))}' alt='{html.escape(caption)}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        if section.get("pre"):
+            parts.append(f"<pre>{html.escape(section['pre'])}</pre>")
+    parts.append("</body></html>\n")
+    write_text_atomic(path, "\n".join(parts))
+
+
+def _html_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+__all__ += ["save_wrong_guesses", "save_confidence_plot", "save_family_accuracy", "write_html_report"]

@@ -1,0 +1,300 @@
+"""local_eval.py, bloodcells.ingestion and bloodcells.scoring, with tiny handmade zips
+(a model.py that predicts from pixel statistics, one that crashes, one that sleeps,
+one that returns the wrong shape...)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from bloodcells import shift
+from bloodcells.ingestion import run_submission, validate_predictions
+from bloodcells.scoring import codabench_scores, confusion_matrix, family_severity_accuracy, score
+from tests.conftest import REPO, snapshot
+
+# Predicts the class written in pixel (0, 0, red) as 30 * class + 5: tests control the
+# predictions exactly. Reads its threshold from a file next to itself (never the cwd).
+PIXEL_MODEL = '''
+import os, json
+import numpy as np
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+class Model:
+    def __init__(self):
+        with open(os.path.join(HERE, "settings.json")) as fh:
+            self.step = json.load(fh)["step"]
+        print("MODEL CWD", os.getcwd())
+        print("MODEL HERE", HERE)
+
+    def predict(self, X):
+        return (np.asarray(X)[:, 0, 0, 0] // self.step).clip(0, 7).astype(np.int64)
+
+    def predict_proba(self, X):
+        p = np.full((len(X), 8), 0.02, np.float32)
+        p[np.arange(len(X)), self.predict(X)] = 0.86
+        return p
+'''
+
+BROKEN_MODELS = {
+    "crash": "class Model:\n    def predict(self, X):\n        raise RuntimeError('weights went missing')\n",
+    "crash_init": "class Model:\n    def __init__(self):\n        raise ImportError('no module named keras_cv')\n",
+    "sleep": "import time\nclass Model:\n    def __init__(self):\n        time.sleep(60)\n"
+             "    def predict(self, X):\n        return X[:, 0, 0, 0] * 0\n",
+    "sleep_predict": "import time\nclass Model:\n    def predict(self, X):\n        time.sleep(60)\n",
+    "wrong_shape": "import numpy as np\nclass Model:\n    def predict(self, X):\n"
+                   "        return np.zeros((len(X), 8))\n",
+    "too_few": "import numpy as np\nclass Model:\n    def predict(self, X):\n"
+               "        return np.zeros(len(X) - 1, dtype=int)\n",
+    "out_of_range": "import numpy as np\nclass Model:\n    def predict(self, X):\n"
+                    "        return np.full(len(X), 9)\n",
+    "ragged": "class Model:\n    def predict(self, X):\n        return [[1], [2, 3]] + [0] * (len(X) - 2)\n",
+    "cwd_relative": "class Model:\n    def __init__(self):\n        open('settings.json').read()\n"
+                    "    def predict(self, X):\n        return X[:, 0, 0, 0] * 0\n",
+    "imports_project": "import bloodcells\nclass Model:\n    def predict(self, X):\n"
+                       "        return X[:, 0, 0, 0] * 0\n",
+}
+
+
+def make_zip(path, model_source: str, extra: dict | None = None):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.py", model_source)
+        for name, text in (extra or {}).items():
+            archive.writestr(name, text)
+    return path
+
+
+@pytest.fixture
+def pixel_zip(tmp_path):
+    return make_zip(tmp_path / "pixel.zip", PIXEL_MODEL, {"settings.json": json.dumps({"step": 30})})
+
+
+def encoded_images(predictions, seed=0):
+    """Images on which the pixel model predicts exactly `predictions`."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (len(predictions), 96, 96, 3)).astype(np.uint8)
+    images[:, 0, 0, 0] = 30 * np.asarray(predictions) + 5
+    return images
+
+
+# -- scoring --------------------------------------------------------------------------------
+
+def test_scores_match_hand_computed_values():
+    # classes 0, 1, 2 only; 6 images.  true: 0 0 0 1 1 2   predicted: 0 0 1 1 2 2
+    labels = [0, 0, 0, 1, 1, 2]
+    predicted = [0, 0, 1, 1, 2, 2]
+    m = score(labels, predicted)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # recalls: 2/3, 1/2, 1/1 -> balanced accuracy = mean
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    # precisions: 2/2, 1/2, 1/2; F1s: 0.8, 0.5, 2/3
+    assert m["per_class"]["basophil"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+    assert m["per_class"]["eosinophil"]["f1"] == pytest.approx(0.5)
+    assert m["per_class"]["erythroblast"]["f1"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["per_class"]["platelet"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (8, 8) and cm.sum() == 6
+    assert cm[0, 0] == 2 and cm[0, 1] == 1 and cm[1, 2] == 1 and cm[2, 2] == 1
+    assert codabench_scores(m, 1.5) == {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+                                        "macro_f1": m["macro_f1"], "duration": 1.5}
+
+
+def test_scores_agree_with_scikit_learn():
+    from sklearn import metrics as sk
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 8, 300)
+    predicted = np.where(rng.random(300) < 0.6, labels, rng.integers(0, 7, 300))  # class 7 under-predicted
+    m = score(labels, predicted)
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert m["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(labels, predicted))
+    assert m["macro_f1"] == pytest.approx(sk.f1_score(labels, predicted, average="macro"))
+    assert np.array_equal(confusion_matrix(labels, predicted), sk.confusion_matrix(labels, predicted, labels=range(8)))
+
+
+def test_family_severity_accuracy_counts_each_image_under_each_of_its_operations():
+    plans = [[("blur", 2)], [("blur", 2), ("jpeg", 5)], [("jpeg", 5)], []]
+    table = family_severity_accuracy([True, False, True, True], plans)
+    assert table[("blur", 2)] == (0.5, 2) and table[("blur", None)] == (0.5, 2)
+    assert table[("jpeg", 5)] == (0.5, 2)
+    assert ("noise", None) not in table
+
+
+# -- ingestion ----------------------------------------------------------------------------------
+
+def test_ingestion_runs_the_model_from_another_working_directory(pixel_zip, tmp_path):
+    wanted = np.array([0, 1, 2, 3, 4, 5, 6, 7, 7, 0])
+    log = tmp_path / "log.txt"
+    result = run_submission(pixel_zip, {"test": encoded_images(wanted)}, time_limit=60, log_path=log)
+    assert result.status == "ok", result.message + result.log
+    assert np.array_equal(result.predictions["test"], wanted)
+    assert result.probabilities["test"].shape == (10, 8)
+    assert result.init_seconds is not None and result.init_seconds >= 0
+    cwd = next(line for line in log.read_text().splitlines() if line.startswith("MODEL CWD")).split(" ", 2)[2]
+    here = next(line for line in log.read_text().splitlines() if line.startswith("MODEL HERE")).split(" ", 2)[2]
+    assert cwd != here and cwd.endswith("program") and here.endswith("submission")
+    assert str(REPO) not in cwd
+
+
+@pytest.mark.parametrize("name, status, words", [
+    ("crash", "crashed", ["predict", "RuntimeError", "weights went missing"]),
+    ("crash_init", "crashed", ["Model()", "no module named keras_cv"]),
+    ("cwd_relative", "crashed", ["FileNotFoundError", "settings.json"]),
+    ("imports_project", "crashed", ["import", "bloodcells"]),
+    ("wrong_shape", "bad_output", ["shape (5, 8)", "expected shape (5,)"]),
+    ("too_few", "bad_output", ["shape (4,)"]),
+    ("out_of_range", "bad_output", ["outside 0-7"]),
+    ("ragged", "bad_output", ["not a numeric array"]),
+])
+def test_failing_submissions_are_reported_with_their_log(tmp_path, name, status, words):
+    zip_path = make_zip(tmp_path / f"{name}.zip", BROKEN_MODELS[name], {"settings.json": "{}"})
+    log = tmp_path / "ingestion.log"
+    result = run_submission(zip_path, {"test": encoded_images(np.zeros(5, int))}, time_limit=60, log_path=log)
+    assert result.status == status, (result.status, result.message)
+    for word in words:
+        assert word in result.message, (word, result.message)
+    assert not result.predictions
+    if status == "crashed":
+        assert "Traceback" in log.read_text()
+
+
+@pytest.mark.parametrize("name, stage", [("sleep", "Model()"), ("sleep_predict", "predict")])
+def test_a_submission_past_the_time_limit_is_stopped(tmp_path, name, stage):
+    zip_path = make_zip(tmp_path / f"{name}.zip", BROKEN_MODELS[name])
+    start = time.monotonic()
+    result = run_submission(zip_path, {"test": encoded_images(np.zeros(3, int))}, time_limit=2.0)
+    assert result.status == "timeout"
+    assert "time limit of 2 s" in result.message and stage in result.message
+    assert time.monotonic() - start < 30  # killed, not waited for
+
+
+def test_bad_zips_fail_before_running(tmp_path):
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(nested, "w") as archive:
+        archive.writestr("sub/model.py", PIXEL_MODEL)
+    result = run_submission(nested, {"test": encoded_images([0])}, time_limit=10)
+    assert result.status == "bad_zip" and "sub/model.py" in result.message
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip")
+    assert run_submission(junk, {"test": encoded_images([0])}, time_limit=10).status == "bad_zip"
+
+
+def test_validate_predictions_accepts_column_and_integer_floats():
+    labels, problem = validate_predictions(np.array([[1.0], [7.0]]), 2)
+    assert problem is None and labels.dtype == np.int64 and list(labels) == [1, 7]
+    assert validate_predictions(np.array([0.5, 1.0]), 2)[1].startswith("non-integer")
+
+
+# -- local_eval.py end to end -------------------------------------------------------------------
+
+def run_local_eval(tmp_path, *args):
+    common = ["--eval-dir", tmp_path / "eval", "--leaderboard-file", tmp_path / "leaderboard.csv",
+              "--cache-dir", tmp_path / "cache"]
+    return subprocess.run([sys.executable, str(REPO / "local_eval.py"), *map(str, args), *map(str, common)],
+                           cwd=tmp_path, capture_output=True, text=True,
+                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
+
+
+@pytest.fixture
+def test_set(tmp_path):
+    labels = np.arange(24) % 8
+    predicted = labels.copy()
+    predicted[:3] = (labels[:3] + 1) % 8  # 3 wrong: accuracy 21/24 on clean images
+    path = tmp_path / "test.npz"
+    np.savez(path, images=encoded_images(predicted), labels=labels)
+    return path, labels, predicted
+
+
+def test_local_eval_scores_figures_report_and_leaderboard(pixel_zip, test_set, tmp_path):
+    data, labels, predicted = test_set
+    result = run_local_eval(tmp_path, pixel_zip, "--data", data)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "eval" / "pixel"
+    clean = json.loads((folder / "none" / "scores.json").read_text())
+    assert clean["accuracy"] == pytest.approx(21 / 24)
+    assert clean["macro_f1"] == pytest.approx(score(labels, predicted)["macro_f1"])
+    shifted = json.loads((folder / "server" / "scores.json").read_text())
+    assert 0 <= shifted["accuracy"] < clean["accuracy"]  # the pixel code is destroyed by most corruptions
+    for name in ("confusion.png", "wrong.png", "confidence.png"):
+        assert (folder / "none" / name).read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "server" / "families.png").exists()
+    page = (folder / "report.html").read_text()
+    assert "none/confusion.png" in page and "server/families.png" in page
+    rows = (tmp_path / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 2 and "pixel.zip" in rows[1]
+    assert "#1 of 1" in result.stdout
+
+
+def test_shifted_sets_are_cached_and_reused(pixel_zip, test_set, tmp_path):
+    data, labels, _ = test_set
+    first = run_local_eval(tmp_path, pixel_zip, "--data", data, "--profile", "server")
+    assert first.returncode == 0, first.stderr
+    caches = list((tmp_path / "cache").glob("*_server_0.npz"))
+    assert len(caches) == 1
+    with np.load(caches[0]) as cached:
+        assert np.array_equal(cached["images"], shift.apply_shift(np.load(data)["images"], "server", 0))
+        ops = cached["ops"]
+        code = cached["shift_code"]
+    # Replace the cached images: the next evaluation must use them, not recompute.
+    planted = encoded_images(labels)  # the pixel model scores 100 % on these
+    np.savez(caches[0], images=planted, ops=ops, shift_code=code)
+    second = run_local_eval(tmp_path, pixel_zip, "--data", data, "--profile", "server")
+    assert second.returncode == 0, second.stderr
+    assert json.loads((tmp_path / "eval" / "pixel" / "server" / "scores.json").read_text())["accuracy"] == 1.0
+
+
+def test_failed_submission_gets_log_no_scores_and_exit_1(tmp_path, test_set):
+    data, _, _ = test_set
+    zip_path = make_zip(tmp_path / "crash.zip", BROKEN_MODELS["crash"])
+    result = run_local_eval(tmp_path, zip_path, "--data", data, "--profile", "none")
+    assert result.returncode == 1
+    assert "FAILED (crashed)" in result.stdout and "weights went missing" in result.stdout
+    folder = tmp_path / "eval" / "crash" / "none"
+    assert not (folder / "scores.json").exists()
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "crashed"
+    assert "Traceback" in (folder / "ingestion.log").read_text()
+    assert "FAILED" in (tmp_path / "eval" / "crash" / "report.html").read_text()
+    assert "failed: none crashed" in (tmp_path / "leaderboard.csv").read_text()
+
+
+def test_sweep_profile_writes_a_family_by_severity_table(pixel_zip, test_set, tmp_path):
+    data, _, _ = test_set
+    result = run_local_eval(tmp_path, pixel_zip, "--data", data, "--profile", "sweep", "--sweep-images", "8")
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "eval" / "pixel" / "sweep"
+    lines = (folder / "sweep.csv").read_text().splitlines()
+    assert len(lines) == 1 + 5 * len(shift.FAMILIES)
+    by_set = json.loads((folder / "metrics.json").read_text())["sets"]
+    # the pixel model reads pixel (0,0): a horizontal flip moves it, a posterize at 6 bits keeps it
+    assert by_set["posterize_s1"] > by_set["flip_s1"]
+    assert (folder / "families.png").exists()
+
+
+def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, pixel_zip, test_set):
+    data, _, _ = test_set
+    before = snapshot(tmp_path)
+    for args in ([pixel_zip], [pixel_zip, "--data", tmp_path / "missing.npz"],
+                 [pixel_zip, "--data", data, "--profile", "wild"], [tmp_path / "none.zip", "--data", data],
+                 ["--record-server", pixel_zip, "abc"], ["--record-server", pixel_zip, "150"],
+                 [pixel_zip, "--data", data, "--time-limit", "0"]):
+        result = run_local_eval(tmp_path, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_held_out_split_is_used_by_default(tmp_path, pixel_zip):
+    labels = np.arange(8)
+    path = tmp_path / "med.npz"
+    np.savez(path, train_images=encoded_images(np.zeros(8, int)), train_labels=labels,
+             val_images=encoded_images(labels), val_labels=labels)
+    result = run_local_eval(tmp_path, pixel_zip, "--data", path, "--profile", "none")
+    assert result.returncode == 0, result.stderr
+    assert "'val' split" in result.stdout
+    assert json.loads((tmp_path / "eval" / "pixel" / "none" / "scores.json").read_text())["accuracy"] == 1.0
