@@ -56,7 +56,7 @@ def write_rows(path, rows: list[dict]) -> None:
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: _cell(row.get(k)) for k in columns})
-            fh.flush()
+                fh.flush()  # whatever happens next, only the temporary file is partial
             os.fsync(fh.fileno())
 
 

@@ -1,0 +1,160 @@
+"""bloodcells.leaderboard and local_eval.py --record-server / --leaderboard."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bloodcells import leaderboard as board
+from bloodcells.cli import UserError
+from tests.conftest import REPO
+
+
+def row(sha, acc_none, acc_server, **extra):
+    return {"time": "2026-01-01T00:00:00Z", "zip": f"{sha}.zip", "zip_sha256": sha, "status": "ok",
+            "acc_none": acc_none, "acc_server": acc_server, **extra}
+
+
+def test_record_evaluation_inserts_then_updates_the_same_zip(tmp_path):
+    path = tmp_path / "lb.csv"
+    board.record_evaluation(path, row("aaa", 0.9, 0.5, fam_blur=0.4))
+    board.record_evaluation(path, row("bbb", 0.8, 0.6))
+    assert [r["zip_sha256"] for r in board.read_rows(path)] == ["aaa", "bbb"]
+    # Same zip again with only a sweep: its other columns are kept.
+    board.record_evaluation(path, {"zip_sha256": "aaa", "acc_sweep": 0.45})
+    rows = {r["zip_sha256"]: r for r in board.read_rows(path)}
+    assert len(rows) == 2
+    assert rows["aaa"]["acc_sweep"] == "0.45" and rows["aaa"]["acc_none"] == "0.9"
+    assert rows["aaa"]["fam_blur"] == "0.4" and rows["bbb"]["fam_blur"] == ""
+
+
+def test_record_server_by_file_hash_or_name(tmp_path):
+    path = tmp_path / "lb.csv"
+    board.record_evaluation(path, row("aaa", 0.9, 0.5))
+    board.record_server(path, "aaa", "renamed.zip", 0.47, "t")
+    board.record_server(path, None, "aaa.zip", 0.48, "t")  # by name: same row
+    board.record_server(path, "ccc", "new.zip", 0.3, "t")  # never evaluated: a row of its own
+    rows = {r["zip_sha256"]: r for r in board.read_rows(path)}
+    assert rows["aaa"]["server_score"] == "0.48" and rows["ccc"]["status"] == "not evaluated"
+    with pytest.raises(UserError, match="not in the leaderboard"):
+        board.record_server(path, None, "unknown.zip", 0.5, "t")
+
+
+def test_ranking_and_spearman():
+    rows = [row("a", 0.99, 0.40), row("b", 0.90, 0.60), row("c", 0.95, ""), row("d", 0.80, 0.55)]
+    assert [r["zip_sha256"] for r in board.ranking(rows)] == ["b", "d", "a", "c"]
+    x, y = [0.1, 0.4, 0.4, 0.9, 0.3], [1, 3, 2, 5, 2]
+    assert board.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert np.isnan(board.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_agreement_needs_three_server_scores_and_names_the_best_predictor():
+    rows = [row("a", 0.99, 0.40, server_score=0.42), row("b", 0.90, 0.60, server_score=0.61)]
+    assert board.server_agreement(rows) == {}
+    assert "2 server score(s) recorded" in board.format_leaderboard(rows)
+    # Clean accuracy ranks them the wrong way round; the server-like profile the right way.
+    rows.append(row("c", 0.97, 0.50, server_score=0.52))
+    agreement = board.server_agreement(rows)
+    assert agreement["acc_server"] == (pytest.approx(1.0), 3)
+    assert agreement["acc_none"] == (pytest.approx(-1.0), 3)
+    text = board.format_leaderboard(rows)
+    assert "acc_server   rho +1.00  (n=3)  <- trust this one" in text
+    assert "acc_none     rho -1.00" in text
+
+
+def test_a_failed_write_leaves_the_old_leaderboard_intact(tmp_path, monkeypatch):
+    path = tmp_path / "lb.csv"
+    board.record_evaluation(path, row("aaa", 0.9, 0.5))
+    old = path.read_bytes()
+
+    def broken(value):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(board, "_cell", broken)
+    with pytest.raises(OSError, match="disk full"):
+        board.record_evaluation(path, row("bbb", 0.8, 0.6))
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lb.csv", "lb.csv.lock"]  # no temp left
+
+
+# A writer killed with SIGKILL half-way through writing the new leaderboard.
+KILLED_WRITER = r'''
+import sys, time
+from pathlib import Path
+from bloodcells import leaderboard as board
+
+class Slow:
+    def __str__(self):
+        Path(sys.argv[2]).write_text("writing")  # the header and a row are in the temp file now
+        time.sleep(60)
+        return "x"
+
+rows = board.read_rows(sys.argv[1])
+rows.append({"zip_sha256": "new", "zip": Slow()})
+rows.append({"zip_sha256": "later", "zip": "later.zip"})
+board.write_rows(sys.argv[1], rows)
+'''
+
+
+def test_a_killed_write_leaves_the_old_leaderboard_intact(tmp_path):
+    path = tmp_path / "lb.csv"
+    board.record_evaluation(path, row("aaa", 0.9, 0.5))
+    old = path.read_bytes()
+    marker = tmp_path / "marker"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(marker)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), "writer never reached the middle of its write"
+        temps = [p for p in tmp_path.iterdir() if p.name.startswith(".lb.csv.")]
+        assert temps and temps[0].stat().st_size > 0  # it really was half-way
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert path.read_bytes() == old
+    assert [r["zip_sha256"] for r in board.read_rows(path)] == ["aaa"]
+
+
+def test_a_file_that_is_not_a_leaderboard_is_refused(tmp_path):
+    path = tmp_path / "lb.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="zip_sha256"):
+        board.read_rows(path)
+
+
+def cli(tmp_path, *args):
+    return subprocess.run([sys.executable, str(REPO / "local_eval.py"), *map(str, args),
+                           "--leaderboard-file", str(tmp_path / "lb.csv")], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_record_server_and_print_leaderboard(tmp_path):
+    empty = cli(tmp_path, "--leaderboard")
+    assert empty.returncode == 0 and "leaderboard is empty" in empty.stdout
+    zips = []
+    for k in range(3):
+        z = tmp_path / f"sub{k}.zip"
+        z.write_bytes(b"zip %d" % k)
+        import hashlib
+        sha = hashlib.sha256(z.read_bytes()).hexdigest()
+        board.record_evaluation(tmp_path / "lb.csv", row(sha, 0.99 - k / 100, 0.4 + k / 10) | {"zip": z.name})
+        zips.append(z)
+    for k, z in enumerate(zips):
+        result = cli(tmp_path, "--record-server", z, f"{41 + 10 * k}")  # a percentage
+        assert result.returncode == 0, result.stderr
+        assert "read as a percentage" in result.stdout
+    shown = cli(tmp_path, "--leaderboard")
+    assert shown.returncode == 0
+    lines = shown.stdout.splitlines()
+    assert lines[1].split()[1] == "sub2.zip"  # best server-like accuracy first
+    assert "acc_server   rho +1.00  (n=3)  <- trust this one" in shown.stdout
+    assert "61.0" in shown.stdout
