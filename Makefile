@@ -22,7 +22,7 @@ SEED ?= 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo test synth clean-data train submission eval server-check bench clean
+.PHONY: install demo test synth clean-data train submission eval leaderboard shift-preview server-check bench clean
 
 install: $(INSTALLED)
 
@@ -43,6 +43,21 @@ demo: $(INSTALLED)
 	@mkdir -p $(DEMO)
 	$(PY) -m bloodcells.synth --out $(DEMO)/demo.npz --seed $(SEED)
 	@echo "demo: synthetic training set -> $(DEMO)/demo.npz"
+
+# Evaluate a zip like the server: clean and server-like shifted test, scores, figures,
+# report.html under submission/eval/<zip>/, a row in submission/leaderboard.csv.
+# Optional: SPLIT=val PROFILE="none server sweep" EVAL_ARGS="--time-limit 600 --seed 0".
+eval: $(INSTALLED)
+	@test -n "$(ZIP)" || { echo "error: ZIP: no submission zip in submission/; run make submission or pass ZIP=path" >&2; exit 2; }
+	$(PY) local_eval.py $(ZIP) --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) $(if $(PROFILE),--profile $(PROFILE)) $(EVAL_ARGS)
+
+leaderboard: $(INSTALLED)
+	$(PY) local_eval.py --leaderboard
+
+# A grid of clean/shifted pairs to look at: build/shift_preview.png (SPLIT=val for MedMNIST files).
+shift-preview: $(INSTALLED)
+	$(PY) -m bloodcells.shift --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) --profile server --seed $(SEED) \
+		--out build/shift_preview.npz --preview build/shift_preview.png
 
 # Long measurements: each bench/*.py prints its figures (nothing is asserted).
 bench: $(INSTALLED)

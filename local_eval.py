@@ -33,9 +33,10 @@ from bloodcells.ingestion import DEFAULT_TIME_LIMIT, run_submission
 from bloodcells import leaderboard as board
 from bloodcells.scoring import family_severity_accuracy, score, write_scores
 
-EVAL_DIR = Path("submission/eval")
-LEADERBOARD = Path("submission/leaderboard.csv")
-CACHE_DIR = Path("build/shift_cache")
+HERE = Path(__file__).resolve().parent
+EVAL_DIR = HERE / "submission" / "eval"
+LEADERBOARD = HERE / "submission" / "leaderboard.csv"
+CACHE_DIR = HERE / "build" / "shift_cache"
 DEFAULT_PROFILES = ("none", "server")
 SWEEP_IMAGES = 240
 # Files one profile's evaluation writes; removed first so nothing stale survives a failure.
@@ -191,7 +192,7 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
         sets[f"{family}_s{severity}"] = shifted
     limit = args.time_limit * len(sets)
     print(f"sweep: {len(shift.FAMILIES)} families x 5 severities on {len(index)} images "
-          f"(time limit {limit:g} s: {args.time_limit:g} s per set)", flush=True)
+          f"(time limit {args.time_limit:g} s per set)", flush=True)
     result = run_submission(zip_path, sets, limit, want_proba=False, python=args.python,
                             log_path=out / "ingestion.log", on_wait=_waiting("sweep ingestion"))
     metrics = {**common["meta"], "profile": "sweep", "status": result.status, "message": result.message,
@@ -275,10 +276,20 @@ def write_report(eval_dir: Path, zip_name: str, zip_sha: str) -> Path:
                 ("families.png", "Accuracy per corruption family and severity"))
                 if (eval_dir / profile / name).exists()]
             section["figures"] = figures
+            tables = []
             if "per_class" in m:
-                section["tables"] = [{"caption": "Per class", "rows": [
+                tables.append({"caption": "Per class", "rows": [
                     {"class": name, "precision %": _pct(v["precision"]), "recall %": _pct(v["recall"]),
-                     "F1 %": _pct(v["f1"]), "support": v["support"]} for name, v in m["per_class"].items()]}]
+                     "F1 %": _pct(v["f1"]), "support": v["support"]} for name, v in m["per_class"].items()]})
+            if "accuracy_by_ops" in m:
+                tables.append({"caption": "By number of corruptions per image", "rows": [
+                    {"corruptions": k, "accuracy %": _pct(v[0]), "images": v[1]}
+                    for k, v in m["accuracy_by_ops"].items()]})
+            if profile == "sweep" and "clean_accuracy" in m:
+                tables.append({"caption": "Sweep", "rows": [
+                    {"clean subset accuracy %": _pct(m["clean_accuracy"]),
+                     "mean accuracy over corruptions %": _pct(m["accuracy"])}]})
+            section["tables"] = tables
         sections.append(section)
     path = eval_dir / "report.html"
     report.write_html_report(path, f"Local evaluation of {zip_name}", summary, sections,
@@ -397,6 +408,8 @@ def main(argv=None):
     print(f"leaderboard: {zip_path.name} is #{rank} of {len(rows)} by server-like accuracy "
           f"(clean {_fmt_pct(row.get('acc_none'))}, server-like {_fmt_pct(row.get('acc_server'))}) "
           f"-> {args.leaderboard_file}")
+    if args.leaderboard:
+        print(board.format_leaderboard(rows), end="")
     return 1 if any(m["status"] != "ok" for m in results.values()) else 0
 
 
