@@ -54,10 +54,11 @@ eval: $(INSTALLED)
 leaderboard: $(INSTALLED)
 	$(PY) local_eval.py --leaderboard
 
-# A grid of clean/shifted pairs to look at: build/shift_preview.png (SPLIT=val for MedMNIST files).
+# Grids to look at: clean/shifted pairs (build/shift_preview.png) and every family x severity
+# on one image (build/shift_sweep_preview.png). SPLIT=val for MedMNIST files.
 shift-preview: $(INSTALLED)
 	$(PY) -m bloodcells.shift --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) --profile server --seed $(SEED) \
-		--out build/shift_preview.npz --preview build/shift_preview.png
+		--out build/shift_preview.npz --preview build/shift_preview.png --sweep-preview build/shift_sweep_preview.png
 
 # Long measurements: each bench/*.py prints its figures (nothing is asserted).
 bench: $(INSTALLED)

@@ -69,7 +69,7 @@ def train_with_configs(configs, data: Path) -> list[Path]:
 
 # -- quick mode: Keras directly -------------------------------------------------------------------
 
-def quick_train(name: str, augment: bool, epochs: int, data: Path, seed: int = 0) -> Path:
+def quick_train(name: str, augment: bool, epochs: int, data: Path, seed: int = 0, widths=(32, 64, 128, 256)) -> Path:
     export = OUT / "weights" / name
     if (export / "model.json").exists():
         print(f"{name}: reusing {export}", flush=True)
@@ -87,7 +87,7 @@ def quick_train(name: str, augment: bool, epochs: int, data: Path, seed: int = 0
     train = load_dataset(data, "train", notify=None)
     val = load_dataset(data, "val", notify=None)
     spec = {"format": "bloodcells-model/1", "name": name, "weights_file": "model.weights.h5",
-            "backbone": "small_cnn", "backbone_options": {}, "input_size": 96, "resize_to": None,
+            "backbone": "small_cnn", "backbone_options": {"widths": list(widths)}, "input_size": 96, "resize_to": None,
             "num_classes": 8, "head": {"dense_units": 128, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"},
             "tta": {"views": 1, "merge": "mean_probs", "mode": "dihedral"},
             "class_names": [], "source_run": "bench_shift_gap quick", "keras_version": keras.__version__}
@@ -144,6 +144,7 @@ def main(argv=None):
     mode.add_argument("--train-configs", nargs=2, metavar=("PLAIN", "AUGMENTED"))
     mode.add_argument("--quick-train", action="store_true", help="(default) small CNNs trained here")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--widths", default="32,64,128,256", help="quick mode: conv widths per block")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--split", default="val")
     parser.add_argument("--seed", type=int, default=0)
@@ -157,9 +158,10 @@ def main(argv=None):
     elif args.train_configs:
         zips = train_with_configs(args.train_configs, args.data)
     else:
-        zips = [build_zip(quick_train("quick_plain", False, args.epochs, args.data), OUT / "zips" / "quick_plain.zip"),
-                build_zip(quick_train("quick_augmented", True, args.epochs, args.data),
-                          OUT / "zips" / "quick_augmented.zip")]
+        widths = [int(w) for w in args.widths.split(",")]
+        zips = [build_zip(quick_train(name, augment, args.epochs, args.data, args.seed, widths),
+                          OUT / "zips" / f"{name}.zip")
+                for name, augment in (("quick_plain", False), ("quick_augmented", True))]
     results = {z.stem: evaluate(z, args.data, args.split, args.seed, args.time_limit) for z in zips}
 
     print(f"\n== shift gap on {args.data.name}[{args.split}], server profile seed {args.seed}")

@@ -353,6 +353,21 @@ def save_preview(path, clean, shifted, labels=None, captions=None, pairs: int = 
                     max_images=2 * n, cell_inches=1.3)
 
 
+def save_sweep_preview(path, image, seed: int = 0, title: str | None = None) -> None:
+    """One image under every family (rows) at severities 1-5 (columns), clean first."""
+    from .report import save_image_grid
+
+    images, titles = [], []
+    for family in FAMILIES:
+        images.append(image)
+        titles.append(family)
+        for severity in SEVERITIES:
+            images.append(corrupt(image[None], family, severity, seed)[0])
+            titles.append(f"severity {severity}")
+    save_image_grid(path, np.stack(images), titles=titles, title=title, ncols=1 + len(SEVERITIES),
+                    max_images=len(images), cell_inches=1.2)
+
+
 def preview_index(labels, count: int, seed: int = 0) -> np.ndarray:
     """A few images of every class, in class order, for preview grids."""
     rng = np.random.default_rng(seed)
@@ -380,11 +395,14 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output .npz (images, labels, ops)")
     parser.add_argument("--preview", default=None, help="PNG grid of clean/shifted pairs")
     parser.add_argument("--preview-pairs", type=int, default=40)
+    parser.add_argument("--sweep-preview", default=None,
+                        help="PNG: one image under every family at severities 1-5")
     args = parser.parse_args(argv)
     if not args.out.endswith(".npz"):
         raise UserError(f"{args.out}: --out: expected a path ending in .npz")
-    if args.preview and not args.preview.lower().endswith(".png"):
-        raise UserError(f"{args.preview}: --preview: expected a path ending in .png")
+    for option, value in (("--preview", args.preview), ("--sweep-preview", args.sweep_preview)):
+        if value and not value.lower().endswith(".png"):
+            raise UserError(f"{value}: {option}: expected a path ending in .png")
     data = load_dataset(args.data, args.split)
     shifted = apply_shift(data.images, args.profile, args.seed, progress=True)
     ops = np.asarray(describe(len(data), args.profile, args.seed))
@@ -396,6 +414,11 @@ def main(argv=None):
                      pairs=args.preview_pairs,
                      title=f"{data.source}: clean | shifted ({args.profile}, seed {args.seed})")
         print(f"{args.preview}: preview of {len(index)} clean/shifted pairs")
+    if args.sweep_preview:
+        pick = int(preview_index(data.labels, 1, args.seed)[0])
+        save_sweep_preview(args.sweep_preview, data.images[pick], args.seed,
+                           title=f"{data.source} image {pick}: every family at severities 1-5")
+        print(f"{args.sweep_preview}: every family at every severity on image {pick}")
 
 
 if __name__ == "__main__":

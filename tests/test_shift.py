@@ -141,8 +141,9 @@ def test_cli_writes_a_loadable_shifted_set_and_a_preview(tmp_path):
     labels = np.arange(len(IMAGES)) % 8
     src = tmp_path / "in.npz"
     np.savez(src, images=IMAGES, labels=labels)
-    out, png = tmp_path / "shifted.npz", tmp_path / "preview.png"
-    result = _cli("--data", src, "--profile", "server", "--seed", 4, "--out", out, "--preview", png)
+    out, png, sweep_png = tmp_path / "shifted.npz", tmp_path / "preview.png", tmp_path / "sweep.png"
+    result = _cli("--data", src, "--profile", "server", "--seed", 4, "--out", out, "--preview", png,
+                  "--sweep-preview", sweep_png)
     assert result.returncode == 0, result.stderr
     shifted = load_dataset(out, notify=None)
     assert np.array_equal(shifted.images, shift.apply_shift(IMAGES, "server", 4))
@@ -150,6 +151,7 @@ def test_cli_writes_a_loadable_shifted_set_and_a_preview(tmp_path):
     with np.load(out) as z:
         assert list(z["ops"]) == shift.describe(len(IMAGES), "server", 4)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sweep_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_bad_input_is_one_line_error_and_writes_nothing(tmp_path):
