@@ -92,7 +92,9 @@ def quick_train(name: str, augment: bool, epochs: int, data: Path, seed: int = 0
             "tta": {"views": 1, "merge": "mean_probs", "mode": "dihedral"},
             "class_names": [], "source_run": "bench_shift_gap quick", "keras_version": keras.__version__}
     net = build_network(spec)
-    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(),
+    steps = epochs * int(np.ceil(len(train) / 64))
+    # Cosine decay to 0: the last epoch is a settled model, no checkpoint picking on val.
+    net.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps)), loss=keras.losses.SparseCategoricalCrossentropy(),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
     dataset = tf.data.Dataset.from_tensor_slices((train.images, train.labels)).shuffle(4096, seed=seed).batch(64)
     if augment:
