@@ -135,7 +135,8 @@ def save_wrong_guesses(path, images, labels, predictions, confidence=None, max_i
 
 
 def save_confidence_plot(path, confidence, correct, title: str = "Predictions sorted by confidence") -> None:
-    """Left: every prediction's confidence, sorted, misclassified marked in red.
+    """Left: every prediction's confidence, sorted, misclassified marked in red (a rug
+    of ticks at the bottom), with the accuracy of the k most confident.
     Right: accuracy per confidence bin against the diagonal (calibration)."""
     plt = _pyplot()
     confidence = np.asarray(confidence, dtype=float)
@@ -143,15 +144,17 @@ def save_confidence_plot(path, confidence, correct, title: str = "Predictions so
     order = np.argsort(-confidence, kind="stable")
     rank = np.arange(len(order))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100, gridspec_kw={"width_ratios": [2, 1]})
-    ax.plot(rank, confidence[order], color="steelblue", lw=1, label="confidence")
+    ax.plot(rank, confidence[order], color="steelblue", lw=1.5, label="confidence")
+    cumulative = np.cumsum(correct[order]) / (rank + 1)
+    ax.plot(rank, cumulative, color="seagreen", lw=1, label="accuracy of the k most confident")
     bad = ~correct[order]
-    ax.scatter(rank[bad], confidence[order][bad], s=8, color="crimson", marker="x",
-               label=f"misclassified ({int(bad.sum())})", zorder=3)
+    # A rug of red ticks at the bottom: where the mistakes fall in the confidence order.
+    ax.vlines(rank[bad], 0, 0.06, color="crimson", lw=0.6, label=f"misclassified ({int(bad.sum())})")
     ax.set_xlabel("predictions, most confident first")
-    ax.set_ylabel("max probability")
+    ax.set_ylabel("max probability / accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper right")
     edges = np.linspace(0, 1, 11)
     bins = np.clip(np.digitize(confidence, edges) - 1, 0, 9)
     counts = np.bincount(bins, minlength=10)
