@@ -214,3 +214,20 @@ def test_reads_real_pbc_splits_and_an_an2dl_file_built_from_them(pbc_path, tmp_p
     data = load_dataset(an2dl, notify=None)
     np.testing.assert_array_equal(data.images, val.images[:300])
     np.testing.assert_array_equal(data.labels, val.labels[:300])
+
+
+def test_holdout_cli_writes_a_stratified_split_and_leaves_the_input(tmp_path, rng):
+    source = write_npz(tmp_path / "all.npz", images=images(80, rng), labels=np.arange(80) % 8)
+    original = source.read_bytes()
+    result = run_data_cli(source, "--holdout", "0.2", "--out-train", tmp_path / "tr.npz",
+                          "--out-test", tmp_path / "te.npz", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    train = load_dataset(tmp_path / "tr.npz", notify=None)
+    test = load_dataset(tmp_path / "te.npz", notify=None)
+    assert (len(train), len(test)) == (64, 16)
+    assert test.class_counts().tolist() == [2] * 8
+    assert not set(map(bytes, test.images)) & set(map(bytes, train.images))
+    assert source.read_bytes() == original
+    clash = run_data_cli(source, "--holdout", "0.25", "--out-train", source, "--out-test", tmp_path / "x.npz")
+    assert clash.returncode == 2 and "would overwrite the input" in clash.stderr
+    assert source.read_bytes() == original and not (tmp_path / "x.npz").exists()
