@@ -374,7 +374,7 @@ def test_folder_input_and_atomic_output(tmp_path, monkeypatch):
         fh.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez_compressed", broken_savez)
+    monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError):
         C.main([str(data), "--out", str(out), "--report", str(rep), "--contamination", "0"])
     assert out.read_bytes() == first  # the previous output survives an interrupted write
