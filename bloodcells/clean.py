@@ -540,14 +540,12 @@ def write_report(folder, result: CleanResult, images: np.ndarray, labels: np.nda
     write_json_atomic(folder / "summary.json", summary)
     written.append(folder / "summary.json")
 
-    # One figure per fabricated group, with its label spread.
+    # One figure per fabricated group: the picture and the spread of its labels.
     for g in (g for g in result.groups if g.kind == FABRICATED):
-        spread = np.bincount(labels[g.members], minlength=NUM_CLASSES)
-        show = g.members[:40]
         path = folder / f"group_{g.id}_fabricated.png"
-        report.save_tile_grid(path, images[show], [f"#{i} {short[labels[i]]}" for i in show], ncols=10,
-                              title=f"Fabricated group {g.id}: {len(g.members)} identical copies, all removed\n"
-                                     f"labels: " + ", ".join(f"{short[c]} {k}" for c, k in enumerate(spread) if k))
+        report.save_group_spread(path, images[g.members[0]], np.bincount(labels[g.members], minlength=NUM_CLASSES),
+                                 title=f"Fabricated group {g.id}: {len(g.members)} identical copies "
+                                       f"(first #{g.members[0]}), all removed")
         written.append(path)
 
     # Pairs side by side: kept (green) | removed (red); conflicts show both copies in red.

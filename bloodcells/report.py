@@ -137,7 +137,9 @@ def save_tile_grid(path, images, captions=None, title: str | None = None, ncols:
     top = 6 + 17 * len(title_lines)
     pad = 4
     cell_w, cell_h = w + pad, h + caption_height + pad
-    canvas = Image.new("RGB", (pad + ncols * cell_w, top + nrows * cell_h + pad), "white")
+    title_width = max((title_font.getlength(line) for line in title_lines), default=0)
+    width = max(pad + ncols * cell_w, int(title_width) + 2 * pad)
+    canvas = Image.new("RGB", (width, top + nrows * cell_h + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for k, line in enumerate(title_lines):
         draw.text((pad, 3 + 17 * k), line, fill="black", font=title_font)
@@ -154,4 +156,21 @@ def save_tile_grid(path, images, captions=None, title: str | None = None, ncols:
         canvas.save(tmp, format="PNG")
 
 
-__all__ += ["save_tile_grid"]
+def save_group_spread(path, image, counts, title: str) -> None:
+    """One picture of an identical-image group beside the spread of its labels over the
+    classes: a fabricated group carries every label, a real duplicate one."""
+    plt = _pyplot()
+    counts = np.asarray(counts)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3), dpi=100, gridspec_kw={"width_ratios": [1, 1.8]})
+    left.imshow(image)
+    left.axis("off")
+    bars = right.bar(np.arange(NUM_CLASSES), counts, color="tab:red")
+    right.bar_label(bars, fontsize=7)
+    right.set_xticks(np.arange(NUM_CLASSES), SHORT_NAMES)
+    right.set_ylabel("copies")
+    right.set_title(f"labels of the {int(counts.sum())} copies", fontsize=9)
+    fig.suptitle(title, fontsize=10, y=1.04)
+    _save(fig, path)
+
+
+__all__ += ["save_tile_grid", "save_group_spread"]
