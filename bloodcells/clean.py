@@ -16,7 +16,11 @@ Steps, in order:
 The default embedding is a fixed descriptor needing no weights (`descriptor_embeddings`):
 a blurred colour image sampled on a 16x16 grid centred on the stained cell, so that a
 copy shifted by a pixel or two, or with mild noise, lands above 0.995 while distinct
-cells stay below (measured on the real PBC images: see the module's report).
+cells stay below. Measured on the 5,294 real PBC dev images: the only pairs >= 0.995 are 8
+re-captures of the same cells (field shifted by tens of pixels), the next highest pair is
+far below (99.99th percentile of all pairs ~0.95); 500/500 copies with Gaussian noise
+(sigma 4) and ~99% of copies shifted by 1-2 px score >= 0.995. The misses are images with
+two similar stain blobs (mostly platelets), where the centre lands on the other blob.
 """
 
 from __future__ import annotations
@@ -431,7 +435,9 @@ def clean(images: np.ndarray, labels: np.ndarray, *, group_threshold: int = DEFA
     remaining = np.flatnonzero(reason == "")
     t = time.perf_counter()
     blobs = None
-    if embed is None:  # the default descriptor also yields the blob statistics, in one pass
+    if len(remaining) == 0:  # everything was an exact duplicate: nothing to compare
+        emb = np.zeros((0, 1), np.float32)
+    elif embed is None:  # the default descriptor also yields the blob statistics, in one pass
         blobs = np.zeros((len(remaining), 3), np.float32)
         emb = descriptor_embeddings(images[remaining], progress(len(remaining), "embedding"), blobs=blobs)
     else:
@@ -686,6 +692,8 @@ def main(argv=None):
     save_npz_atomic(args.out, compress=args.compress, images=data.images[keep], labels=data.labels[keep])
     write_report(args.report, result, data.images, data.labels, summary)
     print(format_summary(summary))
+    if not keep.any():
+        print("warning: no image left after cleaning; check --group-threshold", file=sys.stderr)
     print(f"cleaned set: {args.out} ({int(keep.sum())} images); report: {args.report}/ "
           f"(removed.csv, flagged_outliers.csv, summary.json, PNGs)")
 

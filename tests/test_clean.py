@@ -310,6 +310,13 @@ def test_synthetic_demo_set(tmp_path):
     hits = int((s.kinds[flagged] == "outlier").sum())
     assert hits >= n_outliers // 2, f"only {hits} of {n_outliers} multi-cell outliers flagged"
     assert not set(flagged) & removed
+    # same inputs and seed, same outputs
+    assert run([path, "--out", tmp_path / "again.npz", "--report", tmp_path / "rep2",
+                "--contamination", contamination, "--quiet"]) == 0
+    for name in ("removed.csv", "flagged_outliers.csv"):
+        assert (tmp_path / "rep" / name).read_bytes() == (tmp_path / "rep2" / name).read_bytes()
+    with np.load(tmp_path / "clean.npz") as a, np.load(tmp_path / "again.npz") as b:
+        assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["labels"], b["labels"])
 
 
 # -- command line: errors, atomic output -----------------------------------------------------
