@@ -127,7 +127,8 @@ def exact_duplicate_groups(hashes: np.ndarray, labels: np.ndarray,
 # -- embeddings ---------------------------------------------------------------------------
 
 def descriptor_embeddings(images: np.ndarray, progress: Progress | None = None,
-                          batch: int = 1024, blobs: np.ndarray | None = None) -> np.ndarray:
+                          batch: int = 1024, blobs: np.ndarray | None = None,
+                          index: np.ndarray | None = None) -> np.ndarray:
     """Fixed descriptor, (N, 768) float32, unit norm, no weights needed.
 
     Half resolution, Gaussian blur (1.5 px at 48x48), then 16x16 colour samples 4 px apart
@@ -136,13 +137,16 @@ def descriptor_embeddings(images: np.ndarray, progress: Progress | None = None,
     percentile), so it moves with the content: a copy shifted by 1-2 px samples the same
     points. Samples are centred on their mean before normalising; without that every
     pair of smears is near 1.0. When `blobs` (N, 3) is given it is filled with
-    `stain_blobs` from the same half-resolution pass."""
-    out = np.empty((len(images), 16 * 16 * 3), dtype=np.float32)
-    for start in range(0, len(images), batch):
+    `stain_blobs` from the same half-resolution pass. `index` picks rows of `images`
+    batch by batch (no copy of the whole selection)."""
+    n = len(images) if index is None else len(index)
+    out = np.empty((n, 16 * 16 * 3), dtype=np.float32)
+    for start in range(0, n, batch):
+        rows = slice(start, start + batch) if index is None else index[start:start + batch]
         out[start:start + batch] = _descriptor_batch(
-            images[start:start + batch], blobs=None if blobs is None else blobs[start:start + batch])
+            images[rows], blobs=None if blobs is None else blobs[start:start + batch])
         if progress:
-            progress.update(min(batch, len(images) - start))
+            progress.update(min(batch, n - start))
     return out
 
 
@@ -325,7 +329,8 @@ def near_duplicate_groups(pairs: np.ndarray, n: int) -> list[np.ndarray]:
 # -- step 3: outliers ---------------------------------------------------------------------
 
 def outlier_features(embeddings: np.ndarray, images: np.ndarray, components: int = 4,
-                     seed: int = 0, blobs: np.ndarray | None = None) -> np.ndarray:
+                     seed: int = 0, blobs: np.ndarray | None = None,
+                     index: np.ndarray | None = None) -> np.ndarray:
     """What the IsolationForest sees, each column z-scored: the embeddings' first principal
     components, the mean colour (the descriptor is centred, so colour lives here) and stain
     blob statistics (number of large stain blobs, area of the second largest, total stain
@@ -338,12 +343,15 @@ def outlier_features(embeddings: np.ndarray, images: np.ndarray, components: int
     k = max(1, min(components, embeddings.shape[1], len(embeddings) - 1))
     with threadpool_limits(1):  # a small SVD: extra BLAS threads only fight on a shared CPU
         pcs = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit_transform(embeddings)
-    colour = np.empty((len(images), 3), dtype=np.float32)
-    for c in range(3):  # one contiguous channel at a time: much faster than a strided reduction
-        channel = np.ascontiguousarray(images[..., c]).reshape(len(images), -1)
-        colour[:, c] = channel.mean(axis=1, dtype=np.float32)
+    index = np.arange(len(images)) if index is None else index  # rows of `images` to use
+    colour = np.empty((len(index), 3), dtype=np.float32)
+    for start in range(0, len(index), 1024):
+        chunk = images[index[start:start + 1024]]
+        for c in range(3):  # one contiguous channel at a time: much faster than a strided reduction
+            channel = np.ascontiguousarray(chunk[..., c]).reshape(len(chunk), -1)
+            colour[start:start + len(chunk), c] = channel.mean(axis=1, dtype=np.float32)
     if blobs is None:
-        blobs = np.concatenate([stain_blobs(images[i:i + 1024]) for i in range(0, len(images), 1024)])
+        blobs = np.concatenate([stain_blobs(images[index[i:i + 1024]]) for i in range(0, len(index), 1024)])
     feats = np.concatenate([pcs.astype(np.float32), colour, blobs], axis=1)
     return (feats - feats.mean(axis=0)) / (feats.std(axis=0) + 1e-6)
 
@@ -439,7 +447,7 @@ def clean(images: np.ndarray, labels: np.ndarray, *, group_threshold: int = DEFA
         emb = np.zeros((0, 1), np.float32)
     elif embed is None:  # the default descriptor also yields the blob statistics, in one pass
         blobs = np.zeros((len(remaining), 3), np.float32)
-        emb = descriptor_embeddings(images[remaining], progress(len(remaining), "embedding"), blobs=blobs)
+        emb = descriptor_embeddings(images, progress(len(remaining), "embedding"), blobs=blobs, index=remaining)
     else:
         emb = embed(images[remaining], progress(len(remaining), "embedding"))
     seconds["embedding"] = time.perf_counter() - t
@@ -463,7 +471,7 @@ def clean(images: np.ndarray, labels: np.ndarray, *, group_threshold: int = DEFA
     outlier_score = np.full(n, np.nan, dtype=np.float32)
     if len(left) >= 10 and contamination > 0:
         bar = progress(1, "isolation forest")
-        feats = outlier_features(emb[left_local], images[left], seed=seed,
+        feats = outlier_features(emb[left_local], images, index=left, seed=seed,
                                  blobs=None if blobs is None else blobs[left_local])
         flagged, scores = isolation_outliers(feats, contamination, seed)
         outlier_index = left[flagged]
