@@ -232,7 +232,7 @@ def test_cli_missing_out_is_one_line(capsys):
 
 @pytest.mark.slow
 def test_tiny_model_learns_synthetic_classes_well_above_chance():
-    """A small CNN trained for two epochs on clean synthetic images classifies images
+    """A small CNN trained for three epochs on clean synthetic images classifies images
     drawn from another seed far above chance (12.5%): the classes are really learnable."""
     keras = pytest.importorskip("keras")
     from model import build_network
@@ -245,14 +245,14 @@ def test_tiny_model_learns_synthetic_classes_well_above_chance():
                          "head": {"dense_units": 64, "dropout": 0.1}})
     net.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"])
-    net.fit(train.images, train.labels, batch_size=32, epochs=2, shuffle=True, verbose=0)
+    net.fit(train.images, train.labels, batch_size=16, epochs=3, shuffle=True, verbose=0)
     # After so few steps the BatchNorm moving statistics lag the fast-moving weights
-    # (inference accuracy ~20% while training-mode accuracy is ~65%): re-estimate them
-    # with the final weights, forward passes only, no weight update.
+    # (held-out accuracy 35-60% in inference mode against 75-80% once fixed): re-estimate
+    # them with the final weights, forward passes only, no weight update.
     for _ in range(2):
         for i in range(0, len(train.images), 64):
             net(train.images[i:i + 64], training=True)
     predicted = net.predict(held_out.images, batch_size=128, verbose=0).argmax(axis=1)
     accuracy = float((predicted == held_out.labels).mean())
-    print(f"synthetic held-out accuracy {accuracy:.1%} after 2 epochs ({time.monotonic() - start:.0f}s)")
+    print(f"synthetic held-out accuracy {accuracy:.1%} after 3 epochs ({time.monotonic() - start:.0f}s)")
     assert accuracy >= 0.5
