@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from . import IMAGE_SIZE, NUM_CLASSES
 from .cli import UserError, run_cli
 
 S = IMAGE_SIZE
