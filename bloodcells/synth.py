@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from . import IMAGE_SIZE, NUM_CLASSES
 from .cli import UserError, run_cli
 
 S = IMAGE_SIZE
@@ -51,6 +51,8 @@ STAINS = {
     "fine_granule": np.array([0.18, 0.32, 0.12]),  # faint lilac granules
     "platelet": np.array([0.75, 1.05, 0.35]),
 }
+
+MAX_PER_CLASS = 10_000  # 80,000 clean images, about 2.2 GB in memory
 
 _YY, _XX = np.mgrid[0:S, 0:S].astype(np.float32)
 
@@ -623,10 +625,8 @@ def main(argv=None):
     parser.add_argument("--no-preview", action="store_true", help="do not write a preview PNG")
     args = parser.parse_args(argv)
 
-    if args.per_class < 2:
-        raise UserError(f"--per-class: {args.per_class}; expected an integer >= 2")
-    if args.per_class > 100_000:
-        raise UserError(f"--per-class: {args.per_class}; expected at most 100000")
+    if not 2 <= args.per_class <= MAX_PER_CLASS:
+        raise UserError(f"--per-class: {args.per_class}; expected an integer >= 2 and <= {MAX_PER_CLASS}")
     out = Path(args.out)
     _check_writable(out, "--out", ".npz")
     preview = None
