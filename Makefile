@@ -44,6 +44,13 @@ demo: $(INSTALLED)
 	$(PY) -m bloodcells.synth --out $(DEMO)/demo.npz --seed $(SEED)
 	@echo "demo: synthetic training set -> $(DEMO)/demo.npz"
 
+# Cleaning: fabricated images, label conflicts, duplicates, near-duplicates; outliers flagged.
+# make clean-data DATA=training_set.npz [OUT=...] [REPORT=...] [CLEAN_ARGS="--drop-outliers"]
+OUT ?= $(CLEAN)
+CLEAN_ARGS ?=
+clean-data: $(INSTALLED)
+	$(PY) -m bloodcells.clean $(DATA) --out $(OUT) --report $(REPORT) $(CLEAN_ARGS)
+
 # Long measurements: each bench/*.py prints its figures (nothing is asserted).
 bench: $(INSTALLED)
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
