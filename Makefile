@@ -44,6 +44,13 @@ demo: $(INSTALLED)
 	$(PY) -m bloodcells.synth --out $(DEMO)/demo.npz --seed $(SEED)
 	@echo "demo: synthetic training set -> $(DEMO)/demo.npz"
 
+# Cleaning: fabricated images, label conflicts, duplicates, near-duplicates; outliers flagged.
+# make clean-data DATA=training_set.npz [OUT=...] [REPORT=...] [CLEAN_ARGS="--drop-outliers"]
+OUT ?= $(CLEAN)
+CLEAN_ARGS ?=
+clean-data: $(INSTALLED)
+	$(PY) -m bloodcells.clean $(DATA) --out $(OUT) --report $(REPORT) $(CLEAN_ARGS)
+
 # Evaluate a zip like the server: clean and server-like shifted test, scores, figures,
 # report.html under submission/eval/<zip>/, a row in submission/leaderboard.csv.
 # Optional: SPLIT=val PROFILE="none server sweep" EVAL_ARGS="--time-limit 600 --seed 0".

@@ -210,7 +210,7 @@ def _to_uint8(images: np.ndarray, source: str, field_name: str, notices: list[st
         bad = int((~np.isfinite(as_float)).sum())
         raise DataError(f"{source}: {field_name}: {bad} NaN or infinite values; expected finite pixels in 0-255")
     lo, hi = float(as_float.min()), float(as_float.max())
-    if lo < 0 or hi > 255:
+    if lo < -0.5 or hi > 255.5:  # half a level of slack: rounding noise from float pipelines
         raise DataError(f"{source}: {field_name}: values span {lo:g}..{hi:g}; expected 0-255 (or 0-1 floats)")
     if images.dtype.kind == "f" and hi <= 1.0:
         notices.append(f"{source}: float images in 0-1 scaled to 0-255 uint8")
@@ -302,19 +302,41 @@ def train_val(path, val_fraction: float = 0.2, seed: int = 0, notify=print):
     return data.subset(train_index), data.subset(val_index)
 
 
-# -- command line: inspect a file --------------------------------------------------------
+# -- command line: inspect a file, or hold out a local test set --------------------------
 
 @run_cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bloodcells.data",
-                                     description="Validate a data file and print its class counts.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bloodcells.data",
+        description="Validate a data file and print its class counts; with --holdout, split off a "
+                    "stratified local test set that training never sees.")
     parser.add_argument("path")
     parser.add_argument("--split", default=None, help="MedMNIST split: train, val or test")
+    parser.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                        help="fraction of each class to hold out as a local test set (e.g. 0.15)")
+    parser.add_argument("--out-train", type=Path, help="where the remaining images go (AN2DL layout)")
+    parser.add_argument("--out-test", type=Path, help="where the held-out images go (AN2DL layout)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     data = load_dataset(args.path, args.split)
     print(f"{data.source}: {len(data)} images, {data.images.shape[1]}x{data.images.shape[2]} RGB uint8")
     for label, count in enumerate(data.class_counts()):
         print(f"  {label} {CLASS_NAMES[label]:<22} {count}")
+    if args.holdout is None:
+        return
+    if not 0 < args.holdout < 1:
+        raise UserError(f"--holdout: {args.holdout}; expected a fraction between 0 and 1")
+    if not args.out_train or not args.out_test:
+        raise UserError("--holdout: needs --out-train and --out-test; expected two output .npz paths")
+    inputs = {Path(args.path).resolve()}
+    if {args.out_train.resolve(), args.out_test.resolve()} & inputs:
+        raise UserError(f"{args.path}: --out-train/--out-test: would overwrite the input; expected new paths")
+    from .files import save_npz_atomic
+
+    train_index, test_index = stratified_split(data.labels, args.holdout, args.seed)
+    for out, index in ((args.out_train, train_index), (args.out_test, test_index)):
+        save_npz_atomic(out, images=data.images[index], labels=data.labels[index].astype(np.uint8))
+        print(f"wrote {out}: {len(index)} images")
 
 
 if __name__ == "__main__":

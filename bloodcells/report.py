@@ -113,6 +113,69 @@ __all__ = ["CLASS_NAMES", "SHORT_NAMES", "save_image_grid", "save_class_bars",
            "save_confusion_matrix", "save_curves", "class_caption"]
 
 
+# -- clean ---------------------------------------------------------------------------------
+# Grids with hundreds of captioned tiles (fabricated groups, near-duplicate pairs, outliers):
+# drawn with PIL directly, ~50x faster than one matplotlib axes per tile.
+
+def save_tile_grid(path, images, captions=None, title: str | None = None, ncols: int = 10,
+                   colors=None, max_images: int = 200, caption_height: int = 14) -> None:
+    """uint8 tiles (N, H, W, 3) in rows of `ncols`, each with a one-line caption above it
+    (colour per tile, e.g. "green"/"red"), under an optional title (may hold newlines)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = np.asarray(images)[:max_images]
+    n = len(images)
+    h, w = (images.shape[1], images.shape[2]) if n else (96, 96)
+    ncols = max(1, min(ncols, n or 1))
+    nrows = max(1, math.ceil(n / ncols))
+    try:
+        font = ImageFont.load_default(size=10)
+        title_font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: one bitmap size only
+        font = title_font = ImageFont.load_default()
+    title_lines = title.splitlines() if title else []
+    top = 6 + 17 * len(title_lines)
+    pad = 4
+    cell_w, cell_h = w + pad, h + caption_height + pad
+    title_width = max((title_font.getlength(line) for line in title_lines), default=0)
+    width = max(pad + ncols * cell_w, int(title_width) + 2 * pad)
+    canvas = Image.new("RGB", (width, top + nrows * cell_h + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(title_lines):
+        draw.text((pad, 3 + 17 * k), line, fill="black", font=title_font)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        x0, y0 = pad + c * cell_w, top + r * cell_h
+        canvas.paste(Image.fromarray(np.ascontiguousarray(images[i])), (x0, y0 + caption_height))
+        if captions is not None:
+            colour = colors[i] if colors is not None else "black"
+            draw.text((x0, y0 + 1), str(captions[i])[:22], fill=colour, font=font)
+    if n == 0:
+        draw.text((pad, top + 4), "(none)", fill="black", font=font)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def save_group_spread(path, image, counts, title: str) -> None:
+    """One picture of an identical-image group beside the spread of its labels over the
+    classes: a fabricated group carries every label, a real duplicate one."""
+    plt = _pyplot()
+    counts = np.asarray(counts)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3), dpi=100, gridspec_kw={"width_ratios": [1, 1.8]})
+    left.imshow(image)
+    left.axis("off")
+    bars = right.bar(np.arange(NUM_CLASSES), counts, color="tab:red")
+    right.bar_label(bars, fontsize=7)
+    right.set_xticks(np.arange(NUM_CLASSES), SHORT_NAMES)
+    right.set_ylabel("copies")
+    right.set_title(f"labels of the {int(counts.sum())} copies", fontsize=9)
+    fig.suptitle(title, fontsize=10, y=1.04)
+    _save(fig, path)
+
+
+__all__ += ["save_tile_grid", "save_group_spread"]
+
+
 # -- evaluation ---------------------------------------------------------------------------
 # Figures and the HTML page of local_eval.py.
 
