@@ -219,7 +219,7 @@ class Model:
         for path, spec in specs:
             net = build_network(spec)
             _load_weights(net, os.path.join(os.path.dirname(path), spec["weights_file"]))
-            logits = keras.Model(net.inputs, net.get_layer("logits").output, name=net.name + "_logits")
+            logits = keras.Model(net.input, net.get_layer("logits").output, name=net.name + "_logits")
             self.members.append({"name": spec.get("name", os.path.basename(path)), "spec": spec,
                                  "network": logits, "tta": dict(DEFAULT_TTA, **spec.get("tta", {}))})
         self.input_size = int(specs[0][1].get("input_size", 96))

@@ -124,15 +124,20 @@ def default_spec(**overrides) -> dict:
     return spec
 
 
-def export_untrained(folder, seed: int = 0, **overrides) -> Path:
+def export_untrained(folder, seed: int = 0, logit_scale: float = 1.0, **overrides) -> Path:
     """Write an UNTRAINED network in contract-1 layout (tests, CI, size/speed checks).
     Trained exports are written by bloodcells.train; this only exists so the submission
-    path can be exercised without training."""
+    path can be exercised without training. `logit_scale` multiplies the last layer's
+    weights: an untrained network's probabilities are nearly uniform, which would hide
+    the differences tests look for."""
     import keras
 
     spec = default_spec(**overrides)
     keras.utils.set_random_seed(seed)
     net = load_model_module().build_network(spec)
+    if logit_scale != 1.0:
+        layer = net.get_layer("logits")
+        layer.set_weights([w * logit_scale for w in layer.get_weights()])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / spec["weights_file"]) as tmp:
@@ -141,6 +146,15 @@ def export_untrained(folder, seed: int = 0, **overrides) -> Path:
         os.replace(weights_tmp, tmp)
     write_json_atomic(folder / "model.json", spec)
     return folder
+
+
+def export_tiny(folder, seed: int = 0, **overrides) -> Path:
+    """An untrained tiny small_cnn export (~80 kB, logits scaled up so its probabilities
+    are far from uniform): fast enough for tests and CI."""
+    overrides.setdefault("logit_scale", 20.0)
+    overrides.setdefault("backbone_options", {"widths": [8, 16]})
+    overrides.setdefault("head", {"dense_units": 16, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"})
+    return export_untrained(folder, seed=seed, **overrides)
 
 
 def read_export(folder) -> tuple[dict, Path]:
@@ -519,7 +533,8 @@ def validate(zip_path, python=None, limits: Limits | None = None, reference=None
         report.add("zip", False, f"not a readable zip ({exc})", "rebuild it with build_submission.py")
         return report
     with zf, tempfile.TemporaryDirectory(prefix="bloodcells_submission_") as tmp:
-        if not check_layout(zf, report):
+        if not check_layout(zf, report) or not all(c.ok for c in report.checks if c.name != "size"):
+            report.add("runs", False, "not run: fix the problems above first", "fix the problems above, then rebuild")
             return report
         folder = Path(tmp) / "submission"
         zf.extractall(folder)
