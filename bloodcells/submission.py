@@ -668,11 +668,10 @@ def export_main(argv=None):
     ap.add_argument("--name", default="untrained")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    options = {"widths": args.widths} if args.backbone == "small_cnn" else {}
-    head = {"dense_units": 16 if args.backbone == "small_cnn" else 128, "dropout": 0.2, "bn_momentum": 0.9,
-            "activation": "relu"}
-    folder = export_untrained(args.out, seed=args.seed, name=args.name, backbone=args.backbone,
-                              backbone_options=options, head=head)
+    if args.backbone == "small_cnn":
+        folder = export_tiny(args.out, seed=args.seed, name=args.name, backbone_options={"widths": args.widths})
+    else:
+        folder = export_untrained(args.out, seed=args.seed, name=args.name, backbone=args.backbone)
     print(folder)
 
 
