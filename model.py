@@ -5,8 +5,15 @@ Self-contained on purpose: numpy and TensorFlow/Keras only (the server has Tenso
 next to this file, never in the working directory.
 
 Each exported model is a pair at the zip's root: `<name>.json` (how to rebuild the
-network) and its weights file (Keras `save_weights` format). Whole `.keras` files are
-not used: one saved by a newer Keras fails to load on the server's.
+network) and its weights file (Keras `save_weights` format, float32 or float16). Whole
+`.keras` files are not used: one saved by a newer Keras fails to load on the server's.
+Several pairs form an ensemble (probabilities averaged).
+
+Test-time augmentation: each JSON's "tta" gives the number of views (identity plus
+flips, quarter turns, small shifts, mild brightness/contrast, fixed seeds; or the 8
+flips/rotations), and the merge (softmax of the mean logits, or mean of probabilities).
+All views of a batch go through the network in one compiled call; images stream in
+batches, so memory does not grow with the number of images.
 """
 
 from __future__ import annotations

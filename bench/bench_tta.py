@@ -6,8 +6,8 @@ network on the same images, and peak memory (RSS) against the number of images.
 
 Prints figures; asserts nothing. Weights are untrained (`weights=None`): speed and memory
 do not depend on their values. Throughput: both paths use the same compiled network and
-the same rows per call (Model.batch_size); each is timed `--rounds` times, alternating,
-and the best round is kept (the machine is shared, so timings are pessimistic).
+the same rows per call (Model.batch_size); each is timed `--rounds` times in ABBA order
+and the totals are compared (the machine is shared, so timings are pessimistic).
 Memory: each point is a fresh process; images are made batch by batch inside `predict`'s
 caller only as a numpy array (the caller's X is part of RSS, so it is reported apart)."""
 
@@ -56,7 +56,13 @@ def images(n: int):
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux
+    that survives exec, so a child would report its parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def throughput(args, folder: Path) -> dict:
@@ -87,15 +93,19 @@ def throughput(args, folder: Path) -> dict:
     m.predict_proba(X[:2])
     plain(tf.constant(X[:2].astype(np.float32)))
     warm_s = time.perf_counter() - t
-    best = {"tta": float("inf"), "plain": float("inf")}
+    # ABBA order (tta, plain, plain, tta, ...) so a load that drifts during the run
+    # (other people's jobs on this machine) weighs on both paths alike; totals compared.
+    total = {"tta": 0.0, "plain": 0.0}
     for r in range(args.rounds):
-        for name, fn in (("tta", run_tta), ("plain", run_plain)):
+        order = (("tta", run_tta), ("plain", run_plain))
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
             t = time.perf_counter()
             fn()
             elapsed = time.perf_counter() - t
-            best[name] = min(best[name], elapsed)
+            total[name] += elapsed
             print(f"  round {r + 1} {name:5s}: {args.images * args.views / elapsed:7.1f} network rows/s "
                   f"({elapsed:.1f} s)", flush=True)
+    best = {k: v / args.rounds for k, v in total.items()}  # mean seconds per pass over the images
     ratio = best["plain"] / best["tta"]
     return {"load_s": load_s, "warmup_s": warm_s, "tta_rows_per_s": args.images * args.views / best["tta"],
             "plain_rows_per_s": args.images * args.views / best["plain"],
@@ -139,8 +149,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="efficientnetb7")
     ap.add_argument("--views", type=int, default=10)
-    ap.add_argument("--images", type=int, default=128, help="images for the throughput comparison")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--images", type=int, default=64, help="images for the throughput comparison")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds per path, in ABBA order")
     ap.add_argument("--memory-n", type=int, nargs="*", default=[64, 256],
                     help="image counts for peak RSS with --backbone and --views")
     ap.add_argument("--stream-backbone", default="small_cnn",
@@ -149,6 +159,7 @@ def main():
     ap.add_argument("--stream-views", type=int, default=1,
                     help="views for the RSS-vs-n series (streaming does not depend on it; 1 keeps it short)")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -173,6 +184,8 @@ def main():
             print(f"  plain x{args.views}: {r['plain_rows_per_s']:.1f} rows/s | TTA predict: "
                   f"{r['tta_rows_per_s']:.1f} rows/s = {r['tta_images_per_s']:.2f} images/s | "
                   f"TTA / plain = {r['ratio']:.1%} (target >= 90%)", flush=True)
+        if args.skip_memory:
+            return
         print(f"peak RSS, {args.backbone}, {args.views} views (fresh process per point):", flush=True)
         heavy = memory(args.backbone, args.views, args.memory_n, big)
         small = Path(tmp) / "stream"

@@ -52,13 +52,15 @@ class Limits:
     probe_images: int = 64  # images predicted in the validation run
     test_images: int = 20_000  # test-set size the time per image is extrapolated to
     time_limit_s: float = 3600.0  # the phase's time limit
+    speedup: float = 1.0  # how many times faster the server is than this machine (e.g. it has a GPU)
     max_size_mb: float = 500.0  # zip size limit
     half_tolerance: float = 0.01  # --half: largest allowed |p16 - p32| on the probe batch
+    parity_tolerance: float = 1e-3  # server check: largest allowed |p_server - p_here|
     timeout_s: float = 1800.0  # the validation process is stopped after this
 
     def describe(self) -> str:
         return (f"probe {self.probe_images} images, test set {self.test_images} images, "
-                f"time limit {self.time_limit_s:g} s, size limit {self.max_size_mb:g} MB, "
+                f"time limit {self.time_limit_s:g} s (server {self.speedup:g}x this machine), size limit {self.max_size_mb:g} MB, "
                 f"half tolerance {self.half_tolerance:g}")
 
 
@@ -317,6 +319,25 @@ def check_code(source: str, report: Report) -> None:
                "find files next to model.py: os.path.join(os.path.dirname(os.path.abspath(__file__)), name)")
 
 
+def check_manifest(zf: zipfile.ZipFile, root: set, report: Report) -> None:
+    """The files are the ones the manifest lists, unchanged since the zip was built."""
+    import hashlib
+
+    try:
+        listed = {f["name"]: f["sha256"] for f in json.loads(zf.read(MANIFEST_NAME))["files"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        report.add("manifest", False, f"unreadable manifest.json ({exc})", "rebuild the zip with build_submission.py")
+        return
+    changed = sorted(n for n, digest in listed.items()
+                     if n not in root or hashlib.sha256(zf.read(n)).hexdigest() != digest)
+    extra = sorted(root - set(listed) - {MANIFEST_NAME})
+    report.add("manifest", not changed and not extra,
+               f"{len(listed)} files match their sha256" if not changed and not extra else
+               "; ".join(filter(None, [changed and f"changed or missing since built: {', '.join(changed)}",
+                                       extra and f"not in the manifest: {', '.join(extra)}"])),
+               "rebuild the zip with build_submission.py instead of editing it")
+
+
 def check_layout(zf: zipfile.ZipFile, report: Report) -> bool:
     """Everything at the root, model.py, specs and their weights, no .keras files.
     Returns whether it is worth running the zip."""
@@ -354,6 +375,8 @@ def check_layout(zf: zipfile.ZipFile, report: Report) -> bool:
                "every spec's weights_file is in the zip" if not missing else
                "missing weights: " + "; ".join(missing),
                "re-export the model (model.json + model.weights.h5) and rebuild with build_submission.py")
+    if MANIFEST_NAME in root:
+        check_manifest(zf, root, report)
     if has_model:
         check_code(zf.read("model.py").decode("utf-8", errors="replace"), report)
     return has_model and bool(specs) and not missing and not nested
@@ -379,6 +402,11 @@ try:
     sys.path.insert(0, sub)  # as Codabench's ingestion does
     from model import Model
     res["import_s"] = time.perf_counter() - t
+    try:
+        import tensorflow, keras
+        res["versions"] = {"tensorflow": tensorflow.__version__, "keras": keras.__version__, "numpy": np.__version__}
+    except ImportError:
+        pass
     res["stage"] = "Model()"
     t = time.perf_counter()
     M = Model()
@@ -472,7 +500,7 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
                                  "folder and fix the error shown"))
         report.figures["error"] = result["error"]
         return
-    report.add("runs", True, f"import {result['import_s']:.1f} s, Model() {result['load_s']:.1f} s, "
+    report.add("runs", True, f"{_versions(result)}: import {result['import_s']:.1f} s, Model() {result['load_s']:.1f} s, "
                              f"first predict {result['first_s']:.1f} s")
     y1, d1 = outputs.get("y1"), result["y1"]
     shape_ok = d1["type"] == "ndarray" and d1.get("shape") == [n]
@@ -511,16 +539,45 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
     total = result["import_s"] + result["load_s"] + result["first_s"] + per_image * limits.test_images
     report.figures.update(per_image_s=per_image, images_per_s=1 / per_image if per_image else float("inf"),
                           extrapolated_s=total, tta=result.get("tta"))
-    report.add("time", total <= limits.time_limit_s,
-               f"{per_image * 1000:.1f} ms/image -> {limits.test_images} images in ~{total:.0f} s "
-               f"(limit {limits.time_limit_s:g} s; measured on this machine)",
+    server = total / limits.speedup
+    report.add("time", server <= limits.time_limit_s,
+               f"{per_image * 1000:.1f} ms/image here -> {limits.test_images} images in ~{total:.0f} s here"
+               + (f", ~{server:.0f} s on a server {limits.speedup:g}x faster" if limits.speedup != 1 else "")
+               + f" (limit {limits.time_limit_s:g} s)",
                "predict faster: fewer TTA views (--tta 4, or 1), a smaller backbone or a smaller resize_to; "
-               "or set --time-limit/--test-images to the phase's real figures")
+               "or set --time-limit/--test-images/--speedup to the phase's real figures")
 
 
-def validate(zip_path, python=None, limits: Limits | None = None, reference=None) -> Report:
-    """Check a submission zip; `reference` (a folder with float32 weights) adds the
-    --half comparison. Never raises for a bad zip: the report lists what failed."""
+def check_parity(folder, probe, result, report: Report, other_python, limits: Limits) -> None:
+    """Same zip, same images, another interpreter (this project's versions): the server's
+    Keras must compute the same probabilities, not merely load the weights."""
+    other, other_outputs, _ = run_folder(folder, other_python, probe, limits.timeout_s)
+    mine, theirs = report.probs, other_outputs.get("proba")
+    versions = _versions(other)
+    if mine is None or theirs is None:
+        report.add("parity", False, f"could not run with {versions}: "
+                   f"{_last_line(other.get('error', 'no predict_proba'))}", "check the zip runs here first")
+        return
+    diff = float(np.abs(mine - theirs).max())
+    agree = float(np.mean(mine.argmax(1) == theirs.argmax(1)))
+    report.figures.update(parity_max_diff=diff, parity_label_agreement=agree)
+    report.add("parity", diff <= limits.parity_tolerance,
+               f"{_versions(result)} vs {versions}: max |dp| = {diff:.2g} (tolerance {limits.parity_tolerance:g}), "
+               f"labels agree on {agree:.0%}",
+               "the two versions compute this network differently: rebuild the export's network with the "
+               "server's versions (a layer changed between Keras releases) or choose another backbone")
+
+
+def _versions(result) -> str:
+    v = result.get("versions") or {}
+    return f"TF {v.get('tensorflow', '?')} / Keras {v.get('keras', '?')}"
+
+
+def validate(zip_path, python=None, limits: Limits | None = None, reference=None, parity_python=None) -> Report:
+    """Check a submission zip with interpreter `python`. `reference` (a folder with
+    float32 weights) adds the --half comparison; `parity_python` (another interpreter)
+    adds a check that it computes the same probabilities. Never raises for a bad zip:
+    the report lists what failed."""
     limits = limits or Limits()
     zip_path = Path(zip_path)
     report = Report(zip_path)
@@ -533,7 +590,7 @@ def validate(zip_path, python=None, limits: Limits | None = None, reference=None
         report.add("zip", False, f"not a readable zip ({exc})", "rebuild it with build_submission.py")
         return report
     with zf, tempfile.TemporaryDirectory(prefix="bloodcells_submission_") as tmp:
-        if not check_layout(zf, report) or not all(c.ok for c in report.checks if c.name != "size"):
+        if not check_layout(zf, report) or not all(c.ok for c in report.checks if c.name not in ("size", "manifest")):
             report.add("runs", False, "not run: fix the problems above first", "fix the problems above, then rebuild")
             return report
         folder = Path(tmp) / "submission"
@@ -541,6 +598,8 @@ def validate(zip_path, python=None, limits: Limits | None = None, reference=None
         probe = probe_images(limits.probe_images)
         result, outputs, changed = run_folder(folder, python, probe, limits.timeout_s)
         check_outputs(result, outputs, changed, len(probe), report, limits)
+        if parity_python is not None and "error" not in result:
+            check_parity(folder, probe, result, report, parity_python, limits)
     if reference is not None and report.ok:
         ref_result, ref_outputs, _ = run_folder(reference, python, probe, limits.timeout_s)
         p16, p32 = report.probs, ref_outputs.get("proba")
@@ -572,8 +631,12 @@ def _default_weights() -> list[Path]:
 
 
 def _limits(args) -> Limits:
+    if args.speedup <= 0:
+        raise UserError(f"--speedup: expected a positive factor, got {args.speedup}")
     return Limits(probe_images=args.probe_images, test_images=args.test_images, time_limit_s=args.time_limit,
-                  max_size_mb=args.max_size_mb, half_tolerance=args.half_tolerance, timeout_s=args.timeout)
+                  speedup=args.speedup,
+                  max_size_mb=args.max_size_mb, half_tolerance=args.half_tolerance, timeout_s=args.timeout,
+                  parity_tolerance=args.parity_tolerance)
 
 
 def _print_report(report: Report, python) -> None:
@@ -599,13 +662,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tta-merge", choices=("softmax_mean_logits", "mean_probs"), help="how views are merged")
     ap.add_argument("--half", action="store_true", help="store weights as float16 (checked against float32)")
     ap.add_argument("--check", type=Path, metavar="ZIP", help="only validate an existing zip")
-    ap.add_argument("--python", help="interpreter that runs the validation (e.g. .venv-server/bin/python)")
+    ap.add_argument("--python", help="interpreter that runs the validation (e.g. .venv-server/bin/python); "
+                                     "then this interpreter's probabilities must match (parity)")
+    ap.add_argument("--no-parity", action="store_true", help="with --python: skip the parity run")
     d = Limits()
     ap.add_argument("--probe-images", type=int, default=d.probe_images, help=f"default {d.probe_images}")
     ap.add_argument("--test-images", type=int, default=d.test_images, help=f"default {d.test_images}")
     ap.add_argument("--time-limit", type=float, default=d.time_limit_s, help=f"seconds, default {d.time_limit_s:g}")
+    ap.add_argument("--speedup", type=float, default=d.speedup,
+                    help=f"how many times faster the server runs model.py than this machine, default {d.speedup:g}")
     ap.add_argument("--max-size-mb", type=float, default=d.max_size_mb, help=f"default {d.max_size_mb:g}")
     ap.add_argument("--half-tolerance", type=float, default=d.half_tolerance, help=f"default {d.half_tolerance:g}")
+    ap.add_argument("--parity-tolerance", type=float, default=d.parity_tolerance, help=f"default {d.parity_tolerance:g}")
     ap.add_argument("--timeout", type=float, default=d.timeout_s, help=f"validation process timeout, default {d.timeout_s:g} s")
     return ap
 
@@ -615,11 +683,12 @@ def main(argv=None):
     limits = _limits(args)
     if args.python and not Path(args.python).exists():
         raise UserError(f"--python: {args.python} not found; build the server environment with `make server-check`")
-    print(f"limits: {limits.describe()} (change with --probe-images/--test-images/--time-limit/--max-size-mb)")
+    print(f"limits: {limits.describe()} (change with --probe-images/--test-images/--time-limit/--speedup/--max-size-mb)")
     if args.check:
         if not args.check.is_file():
             raise UserError(f"--check: {args.check}: no such zip; build one with `make submission`")
-        report = validate(args.check, args.python, limits)
+        parity = sys.executable if args.python and not args.no_parity else None
+        report = validate(args.check, args.python, limits, parity_python=parity)
         _print_report(report, args.python)
         if not report.ok:
             _fail(report, str(args.check))
@@ -647,7 +716,8 @@ def main(argv=None):
         with atomic_path(final) as tmp_zip:
             zip_folder(staged, tmp_zip)
             os.chmod(tmp_zip, 0o644)  # the temporary file is private; the zip is an ordinary file
-            report = validate(tmp_zip, args.python, limits, reference)
+            parity = sys.executable if args.python and not args.no_parity else None
+            report = validate(tmp_zip, args.python, limits, reference, parity_python=parity)
             report.zip_path = final
             _print_report(report, args.python)
             if not report.ok:

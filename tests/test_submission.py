@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -58,13 +59,16 @@ def failed(report) -> dict:
 
 def test_build_writes_a_validated_zip_with_everything_at_the_root(export, tmp_path, capsys):
     before = snapshot(export)
-    code, out, err = build(["--weights", str(export), "--out", str(tmp_path / "sub"), "--tta", "3", *FAST], capsys)
+    code, out, err = build(["--weights", str(export), "--out", str(tmp_path / "sub"), "--tta", "3", "--speedup", "2",
+                            *FAST], capsys)
     assert code == 0, err
     last = out.strip().splitlines()[-1]
     zip_path = Path(last)
     assert zip_path.parent == tmp_path / "sub" and re.fullmatch(r"submission_\d{6}_\d{6}\.zip", zip_path.name)
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [zip_path.name]  # no temporary left
-    assert "limits: probe 8 images, test set 20000 images, time limit 3600 s, size limit 500 MB" in out
+    assert "limits: probe 8 images, test set 20000 images, time limit 3600 s (server 2x this machine), " \
+           "size limit 500 MB" in out
+    assert re.search(r"ok    time: [\d.]+ ms/image here -> 20000 images in ~\d+ s here, ~\d+ s on a server 2x faster", out)
     assert "FAIL" not in out and "ok    deterministic" in out and "ok    time" in out
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
@@ -113,6 +117,7 @@ def test_missing_weights_in_zip(good_folder, tmp_path):
     bad = failed(validate(z, limits=LIMITS))
     assert "tiny.json -> tiny.weights.h5" in bad["weights"].detail and "re-export" in bad["weights"].fix
     assert "fix the problems above" in bad["runs"].fix  # not run when the zip cannot work
+    assert "changed or missing since built: tiny.weights.h5" in bad["manifest"].detail
 
 
 def test_files_in_folders_and_whole_keras_files(good_folder, tmp_path):
@@ -123,6 +128,7 @@ def test_files_in_folders_and_whole_keras_files(good_folder, tmp_path):
     bad = failed(validate(z, limits=LIMITS))
     assert "extra/notes.txt" in bad["layout"].detail and "root" in bad["layout"].fix
     assert "old.keras" in bad["no .keras files"].detail and "save_weights" in bad["no .keras files"].fix
+    assert "not in the manifest: old.keras" in bad["manifest"].detail and "rebuild" in bad["manifest"].fix
 
 
 def test_no_model_py_or_spec(good_folder, tmp_path):
@@ -186,12 +192,19 @@ def test_crash_in_model_is_reported_with_its_error(good_folder, tmp_path):
     assert "numpy and tensorflow/keras only" in bad["runs"].fix
 
 
-def test_too_big_and_too_slow(good_folder, tmp_path, capsys):
+def test_too_big_too_slow_and_no_parity(good_folder, tmp_path, capsys):
     z = make_zip(good_folder, tmp_path / "s.zip")
-    code, out, err = build(["--check", str(z), "--max-size-mb", "0.01", "--time-limit", "0.5", *FAST], capsys)
-    assert code == 2 and "2 check(s) failed (size, time)" in err
+    # "another interpreter" that computes differently: the same Python with TTA reduced to 1 view
+    other = tmp_path / "other_python"
+    other.write_text(f'#!/bin/sh\nBLOODCELLS_TTA_VIEWS=1 exec "{sys.executable}" "$@"\n')
+    other.chmod(0o755)
+    code, out, err = build(["--check", str(z), "--max-size-mb", "0.01", "--time-limit", "0.5",
+                            "--python", str(other), *FAST], capsys)
+    assert code == 2 and "3 check(s) failed (size, time, parity)" in err
+    assert re.search(r"FAIL  parity: TF \S+ / Keras \S+ vs TF \S+ / Keras \S+: max \|dp\| = \S+ \(tolerance 0.001\)", out)
+    assert "fix: the two versions compute this network differently" in out
     assert re.search(r"FAIL  size: 0\.\d MB \(limit 0.01 MB\)\n\s+fix: .*--half", out)
-    assert re.search(r"FAIL  time: [\d.]+ ms/image -> 20000 images in ~\d+ s \(limit 0.5 s", out)
+    assert re.search(r"FAIL  time: [\d.]+ ms/image here -> 20000 images in ~\d+ s here \(limit 0.5 s\)", out)
     assert "fix: predict faster: fewer TTA views" in out
     assert "ok    deterministic" in out  # the rest still ran
 
