@@ -22,7 +22,7 @@ SEED ?= 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo test synth clean-data train submission eval leaderboard shift-preview server-check bench clean
+.PHONY: install demo test synth clean-data train submission eval leaderboard shift-preview server-check bench clean server-check-tiny
 
 install: $(INSTALLED)
 
@@ -66,6 +66,36 @@ leaderboard: $(INSTALLED)
 shift-preview: $(INSTALLED)
 	$(PY) -m bloodcells.shift --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) --profile server --seed $(SEED) \
 		--out build/shift_preview.npz --preview build/shift_preview.png --sweep-preview build/shift_sweep_preview.png
+
+# Submission: zip model.py + exported weights (WEIGHTS may list several = ensemble) and
+# validate it in a fresh process; TTA=N sets the views, HALF=1 stores float16 weights.
+TTA ?=
+HALF ?=
+SERVER_VENV ?= .venv-server
+SERVER_PY := $(SERVER_VENV)/bin/python
+CI_TINY := build/ci_tiny
+
+submission: $(INSTALLED)
+	$(PY) build_submission.py --weights $(WEIGHTS) $(if $(TTA),--tta $(TTA)) $(if $(filter 1 yes true,$(HALF)),--half)
+
+# The server's versions (requirements-server.txt: TF 2.17, Keras 3.4.1), built once and reused.
+$(SERVER_VENV)/.installed: requirements-server.txt
+	$(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_PY) -m pip install --quiet --upgrade pip
+	$(SERVER_PY) -m pip install --quiet -r requirements-server.txt
+	touch $@
+
+# The same validation, run by the server's versions, plus parity of the probabilities with ours:
+# make server-check ZIP=submission/....zip
+server-check: $(INSTALLED) $(SERVER_VENV)/.installed
+	@test -n "$(ZIP)" || { echo "error: ZIP: no zip given and none in submission/; run make submission or pass ZIP=path" >&2; exit 2; }
+	$(PY) build_submission.py --check $(ZIP) --python $(SERVER_PY)
+
+# CI: an untrained tiny model's submission, validated with the server's versions (and parity with ours).
+server-check-tiny: $(INSTALLED) $(SERVER_VENV)/.installed
+	rm -rf $(CI_TINY)
+	$(PY) -m bloodcells.submission --out $(CI_TINY)/export
+	$(PY) build_submission.py --weights $(CI_TINY)/export --out $(CI_TINY) --probe-images 16 --python $(SERVER_PY)
 
 # Long measurements: each bench/*.py prints its figures (nothing is asserted).
 bench: $(INSTALLED)

@@ -5,8 +5,15 @@ Self-contained on purpose: numpy and TensorFlow/Keras only (the server has Tenso
 next to this file, never in the working directory.
 
 Each exported model is a pair at the zip's root: `<name>.json` (how to rebuild the
-network) and its weights file (Keras `save_weights` format). Whole `.keras` files are
-not used: one saved by a newer Keras fails to load on the server's.
+network) and its weights file (Keras `save_weights` format, float32 or float16). Whole
+`.keras` files are not used: one saved by a newer Keras fails to load on the server's.
+Several pairs form an ensemble (probabilities averaged).
+
+Test-time augmentation: each JSON's "tta" gives the number of views (identity plus
+flips, quarter turns, small shifts, mild brightness/contrast, fixed seeds; or the 8
+flips/rotations), and the merge (softmax of the mean logits, or mean of probabilities).
+All views of a batch go through the network in one compiled call; images stream in
+batches, so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import os
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPEC_FORMAT = "bloodcells-model/1"
@@ -113,8 +122,62 @@ def build_network(spec, backbone_weights=None):
 
 
 # ---------------------------------------------------------------------------------------
-# Inference
+# Inference: streaming batches, test-time augmentation (TTA) in one compiled call, ensemble
 # ---------------------------------------------------------------------------------------
+
+TTA_SEED = 20241126  # fixed: the same X always gives the same views, hence the same result
+MAX_SHIFT = 4  # pixels; views shift by at most this much (reflected border)
+MERGES = ("softmax_mean_logits", "mean_probs")
+MODES = ("random", "dihedral")
+DEFAULT_TTA = {"views": 10, "merge": "softmax_mean_logits", "mode": "random"}
+
+
+def tta_plan(views, mode="random"):
+    """The views as plain parameters, applied in this order: `flip` (left-right), `rot`
+    (quarter turns counter-clockwise), shift by (`dx`, `dy`) pixels with a reflected
+    border, then `contrast` around each image's channel means and `brightness` (added,
+    0-255 scale), clipped to 0-255. View 0 is always the identity.
+
+    "random": the first 8 views cover the 8 flips/rotations, each non-identity view adds
+    a small shift and a mild brightness/contrast change drawn from a fixed seed, so the
+    plan for N views is the first N of the plan for more. "dihedral": the 8 flips and
+    rotations only (at most 8 views)."""
+    views = int(views)
+    if views < 1:
+        raise ValueError(f"TTA views must be >= 1 (1 disables TTA), got {views}")
+    if mode not in MODES:
+        raise ValueError(f"TTA mode must be one of {MODES}, got {mode!r}")
+    if mode == "dihedral":
+        if views > 8:
+            raise ValueError(f"dihedral TTA has at most 8 views, got {views}; use mode 'random' for more")
+        return [dict(flip=k >= 4, rot=k % 4, dx=0, dy=0, contrast=1.0, brightness=0.0) for k in range(views)]
+    rng = np.random.default_rng(TTA_SEED)
+    plan = [dict(flip=False, rot=0, dx=0, dy=0, contrast=1.0, brightness=0.0)]
+    for i in range(1, views):
+        k = i % 8
+        dx, dy = (int(v) for v in rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=2))
+        contrast = float(rng.uniform(0.9, 1.1))
+        brightness = float(rng.uniform(-12.0, 12.0))
+        plan.append(dict(flip=k >= 4, rot=k % 4, dx=dx, dy=dy, contrast=contrast, brightness=brightness))
+    return plan
+
+
+def _apply_view(x, view):
+    """One view of a batch (b, s, s, 3) float32 in 0-255, as TensorFlow ops."""
+    if view["flip"]:
+        x = tf.reverse(x, axis=[2])
+    if view["rot"]:
+        x = tf.image.rot90(x, k=view["rot"])
+    dx, dy = view["dx"], view["dy"]
+    if dx or dy:
+        size = x.shape[1]
+        padded = tf.pad(x, [[0, 0], [MAX_SHIFT, MAX_SHIFT], [MAX_SHIFT, MAX_SHIFT], [0, 0]], mode="REFLECT")
+        x = padded[:, MAX_SHIFT - dy:MAX_SHIFT - dy + size, MAX_SHIFT - dx:MAX_SHIFT - dx + size, :]
+    if view["contrast"] != 1.0 or view["brightness"] != 0.0:
+        mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        x = tf.clip_by_value((x - mean) * view["contrast"] + mean + view["brightness"], 0.0, 255.0)
+    return x
+
 
 def _find_specs(folder):
     specs = []
@@ -131,23 +194,117 @@ def _find_specs(folder):
     return specs
 
 
+def _load_weights(net, path):
+    """Keras `load_weights`; weights stored in float16 (build_submission --half) are cast
+    to the variables' float32 when assigned."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {os.path.basename(path)} not found next to model.py "
+                                f"({os.path.dirname(path)}); ship it at the zip's root")
+    net.load_weights(path)
+
+
 class Model:
-    """The server's entry point: `Model()` then `predict(X)` -> (n,) int labels."""
+    """The server's entry point: `Model()` then `predict(X)` -> (n,) int64 labels.
+
+    Every `*.json` next to this file with format bloodcells-model/1 is a member (several:
+    their probabilities are averaged). Each member applies its JSON's TTA ("tta": views,
+    mode, merge). For experiments, override them for all members with the class
+    attributes `views`, `mode`, `merge` (set before `Model()`, or call `set_tta`), or
+    the environment variables BLOODCELLS_TTA_VIEWS / _MODE / _MERGE."""
+
+    views = None  # None: from the environment, else from each JSON
+    mode = None
+    merge = None
+    batch_size = 128  # network rows per compiled call (images x views): memory does not grow with n
 
     def __init__(self):
         specs = _find_specs(HERE)
         if not specs:
-            raise FileNotFoundError(f"no model spec (*.json with format {SPEC_FORMAT}) next to {__file__}")
-        self.networks = []
+            raise FileNotFoundError(f"no model spec (*.json with \"format\": \"{SPEC_FORMAT}\") "
+                                    f"next to model.py in {HERE}")
+        self.members = []
         for path, spec in specs:
             net = build_network(spec)
-            net.load_weights(os.path.join(os.path.dirname(path), spec["weights_file"]))
-            self.networks.append(net)
+            _load_weights(net, os.path.join(os.path.dirname(path), spec["weights_file"]))
+            logits = keras.Model(net.input, net.get_layer("logits").output, name=net.name + "_logits")
+            self.members.append({"name": spec.get("name", os.path.basename(path)), "spec": spec,
+                                 "network": logits, "tta": dict(DEFAULT_TTA, **spec.get("tta", {}))})
+        self.input_size = int(specs[0][1].get("input_size", 96))
+        self.num_classes = int(specs[0][1].get("num_classes", NUM_CLASSES))
+        for _, spec in specs:
+            if (int(spec.get("input_size", 96)), int(spec.get("num_classes", NUM_CLASSES))) != \
+                    (self.input_size, self.num_classes):
+                raise ValueError("ensemble members disagree on input_size or num_classes")
+        self.set_tta(self.views, self.mode, self.merge)
+
+    def set_tta(self, views=None, mode=None, merge=None):
+        """Override TTA for every member (None keeps the environment's or the JSON's)."""
+        env = os.environ
+        override = {"views": views if views is not None else env.get("BLOODCELLS_TTA_VIEWS"),
+                    "mode": mode if mode is not None else env.get("BLOODCELLS_TTA_MODE"),
+                    "merge": merge if merge is not None else env.get("BLOODCELLS_TTA_MERGE")}
+        for member in self.members:
+            tta = dict(DEFAULT_TTA, **member["spec"].get("tta", {}))
+            tta.update({k: v for k, v in override.items() if v not in (None, "")})
+            if tta["merge"] not in MERGES:
+                raise ValueError(f"TTA merge must be one of {MERGES}, got {tta['merge']!r}")
+            member["plan"] = tta_plan(int(tta["views"]), tta["mode"])
+            member["tta"] = {"views": len(member["plan"]), "mode": tta["mode"], "merge": tta["merge"]}
+        self.max_views = max(len(m["plan"]) for m in self.members)
+        signature = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)]
+        # One trace for every batch size: no retracing per batch or per call.
+        self._forward = tf.function(self._forward_graph, input_signature=signature)
+
+    def _forward_graph(self, x):
+        """All views of the batch through each network in one call (views x batch rows),
+        merged per member, then the members' probabilities averaged."""
+        batch = tf.shape(x)[0]
+        probs = []
+        for member in self.members:
+            plan = member["plan"]
+            stacked = tf.concat([_apply_view(x, view) for view in plan], axis=0) if len(plan) > 1 else x
+            logits = tf.cast(member["network"](stacked, training=False), tf.float32)
+            logits = tf.reshape(logits, [len(plan), batch, self.num_classes])
+            if member["tta"]["merge"] == "mean_probs":
+                probs.append(tf.reduce_mean(tf.nn.softmax(logits, axis=-1), axis=0))
+            else:
+                probs.append(tf.nn.softmax(tf.reduce_mean(logits, axis=0), axis=-1))
+        return tf.add_n(probs) / float(len(probs)) if len(probs) > 1 else probs[0]
+
+    def _check_input(self, X):
+        if not isinstance(X, np.ndarray):
+            X = np.asarray(X)
+        expected = (self.input_size, self.input_size, 3)
+        if X.ndim != 4 or tuple(X.shape[1:]) != expected:
+            hint = " (one image? pass X[None])" if tuple(X.shape) == expected else ""
+            raise ValueError(f"X must have shape (n, {expected[0]}, {expected[1]}, 3), got {X.shape}{hint}")
+        if X.dtype.kind not in "uif":
+            raise ValueError(f"X must be uint8 or float pixels in 0-255, got dtype {X.dtype}")
+        return X
+
+    @staticmethod
+    def _prepare(batch, start):
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+            bad = start + int(np.argwhere(~np.isfinite(batch).reshape(len(batch), -1).all(axis=1))[0, 0])
+            raise ValueError(f"X contains NaN or infinite values (first in image {bad})")
+        low, high = float(batch.min()), float(batch.max())
+        if low < -1.0 or high > 256.0:
+            raise ValueError(f"X must hold pixels in 0-255, got values in [{low:g}, {high:g}] "
+                             f"(images {start}-{start + len(batch) - 1})")
+        return np.clip(batch, 0.0, 255.0)
 
     def predict_proba(self, X):
-        X = np.asarray(X, dtype=np.float32)
-        probs = [net.predict(X, batch_size=64, verbose=0) for net in self.networks]
-        return np.mean(probs, axis=0)
+        """(n, 8) float32 class probabilities; X (n, 96, 96, 3) uint8 or float in 0-255."""
+        X = self._check_input(X)
+        n = len(X)
+        out = np.empty((n, self.num_classes), dtype=np.float32)
+        step = max(1, int(self.batch_size) // self.max_views)
+        for start in range(0, n, step):
+            batch = self._prepare(X[start:start + step], start)
+            out[start:start + len(batch)] = self._forward(tf.constant(batch)).numpy()
+        return out
 
     def predict(self, X):
+        """(n,) int64 class labels."""
         return np.argmax(self.predict_proba(X), axis=1).astype(np.int64)

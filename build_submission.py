@@ -1,0 +1,12 @@
+"""Build a submission zip and validate it before a submission is spent.
+
+    python build_submission.py --weights weights/NAME [weights/OTHER ...] [--tta N] [--half]
+    python build_submission.py --check submission/submission_YYMMDD_HHMMSS.zip [--python .venv-server/bin/python]
+
+The zip's path is the last line printed. See bloodcells/submission.py.
+"""
+
+from bloodcells.submission import build_main
+
+if __name__ == "__main__":
+    build_main()

@@ -1,0 +1,236 @@
+"""model.py, the file that ships: contract, input checks, streaming, determinism, TTA
+views really reaching the network, ensemble and float16 weights. Tiny untrained models."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from bloodcells.submission import export_tiny, probe_images, stage, write_half_weights
+from tests.conftest import snapshot
+
+_count = itertools.count()
+
+
+def load_shipped(folder: Path):
+    """Import model.py from `folder` as a fresh module (as the server would)."""
+    spec = importlib.util.spec_from_file_location(f"shipped_model_{next(_count)}", Path(folder) / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    return [export_tiny(root / "a", seed=0, name="a"), export_tiny(root / "b", seed=1, name="b")]
+
+
+@pytest.fixture(scope="module")
+def shipped(exports, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shipped")
+    stage([exports[0]], folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(shipped):
+    return load_shipped(shipped).Model()
+
+
+@pytest.fixture(scope="module")
+def images():
+    noise = np.random.default_rng(3).integers(0, 256, size=(6, 96, 96, 3), dtype=np.uint8)
+    return np.concatenate([probe_images(6, seed=1), noise])
+
+
+def test_no_argument_constructor_finds_its_files_from_another_directory(shipped, tmp_path, monkeypatch, images):
+    monkeypatch.chdir(tmp_path)  # an empty working directory: model.py must not look here
+    before = snapshot(shipped)
+    m = load_shipped(shipped).Model()
+    labels = m.predict(images)
+    assert labels.shape == (len(images),) and labels.dtype == np.int64
+    assert set(labels.tolist()) <= set(range(8))
+    assert list(tmp_path.iterdir()) == [] and snapshot(shipped) == before
+
+
+def test_no_spec_is_a_clear_error(tmp_path):
+    (tmp_path / "model.py").write_text((Path(__file__).parents[1] / "model.py").read_text())
+    with pytest.raises(FileNotFoundError, match="no model spec"):
+        load_shipped(tmp_path).Model()
+
+
+def test_uint8_float_and_list_inputs_agree(model, images):
+    p = model.predict_proba(images)
+    assert p.shape == (len(images), 8) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(model.predict_proba(images.astype(np.float32)), p)
+    np.testing.assert_array_equal(model.predict_proba(images.astype(np.float64)), p)
+    np.testing.assert_array_equal(model.predict_proba(list(images)), p)
+    np.testing.assert_array_equal(model.predict(images), p.argmax(axis=1))
+
+
+def test_zero_and_one_image(model, images):
+    assert model.predict(images[:0]).shape == (0,) and model.predict(images[:0]).dtype == np.int64
+    assert model.predict_proba(images[:0]).shape == (0, 8)
+    one = model.predict(images[:1])
+    assert one.shape == (1,) and one.dtype == np.int64
+    np.testing.assert_allclose(model.predict_proba(images[:1]), model.predict_proba(images)[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((96, 96, 3), np.uint8), r"pass X\[None\]"),
+    (np.zeros((2, 96, 96), np.uint8), "shape"),
+    (np.zeros((2, 64, 64, 3), np.uint8), "shape"),
+    (np.zeros((2, 3, 96, 96), np.uint8), "shape"),
+    (np.zeros((2, 96, 96, 3), bool), "dtype"),
+    (np.full((2, 96, 96, 3), "a"), "dtype"),
+])
+def test_wrong_shape_or_dtype_is_a_clear_error(model, bad, message):
+    with pytest.raises(ValueError, match=message):
+        model.predict(bad)
+
+
+def test_nan_and_out_of_range_pixels_are_clear_errors(model, images):
+    x = images.astype(np.float32)
+    x[3, 5, 5, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN.*image 3"):
+        model.predict(x)
+    with pytest.raises(ValueError, match="0-255"):
+        model.predict(images.astype(np.float32) * 4)
+
+
+def test_large_n_streams_in_fixed_batches_without_retracing(shipped, images):
+    m = load_shipped(shipped).Model()
+    m.batch_size = 40  # 10 views -> 4 images per compiled call
+    calls = []
+    forward = m._forward
+
+    def counting(x):
+        calls.append(int(x.shape[0]))
+        return forward(x)
+
+    m._forward = counting
+    big = np.concatenate([images] * 3)  # 36 images -> 9 calls
+    p = m.predict_proba(big)
+    assert calls == [4] * 9
+    np.testing.assert_allclose(p, np.concatenate([m.predict_proba(images)] * 3), atol=1e-5)
+    m.predict_proba(images[:3])  # another batch size
+    assert forward.experimental_get_tracing_count() == 1
+
+
+def test_same_input_same_output_across_instances(shipped, model, images):
+    p = model.predict_proba(images)
+    np.testing.assert_array_equal(model.predict_proba(images), p)
+    np.testing.assert_array_equal(load_shipped(shipped).Model().predict_proba(images), p)
+
+
+def _view_numpy(x, v, max_shift):
+    """The documented view transform, written independently of model.py's TF version."""
+    if v["flip"]:
+        x = x[:, :, ::-1]
+    x = np.rot90(x, v["rot"], axes=(1, 2))
+    if v["dx"] or v["dy"]:
+        s = max_shift
+        padded = np.pad(x, ((0, 0), (s, s), (s, s), (0, 0)), mode="reflect")
+        x = padded[:, s - v["dy"]:s - v["dy"] + 96, s - v["dx"]:s - v["dx"] + 96]
+    if v["contrast"] != 1.0 or v["brightness"] != 0.0:
+        mean = x.mean(axis=(1, 2), keepdims=True)
+        x = np.clip((x - mean) * v["contrast"] + mean + v["brightness"], 0, 255)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("mode, views", [("random", 10), ("dihedral", 8)])
+def test_every_view_reaches_the_network_and_merges_as_documented(shipped, images, mode, views):
+    module = load_shipped(shipped)
+    m = module.Model()
+    m.set_tta(views=1)
+    p1 = m.predict_proba(images)
+    m.set_tta(views=views, mode=mode)
+    assert m.members[0]["tta"] == {"views": views, "mode": mode, "merge": "softmax_mean_logits"}
+    pn = m.predict_proba(images)
+    assert np.abs(pn - p1).max() > 1e-3, "TTA views changed nothing: they do not reach the network"
+
+    net = m.members[0]["network"]  # the logits of the same weights, called view by view
+    x = images.astype(np.float64)
+    plan = module.tta_plan(views, mode)
+    logits = np.stack([np.asarray(net(_view_numpy(x, v, module.MAX_SHIFT), training=False)) for v in plan])
+    np.testing.assert_allclose(_softmax(logits[0]), p1, atol=1e-5)
+    np.testing.assert_allclose(_softmax(logits.mean(axis=0)), pn, atol=1e-5)
+
+    m.set_tta(views=views, mode=mode, merge="mean_probs")
+    np.testing.assert_allclose(_softmax(logits).mean(axis=0), m.predict_proba(images), atol=1e-5)
+
+
+def test_view_plan_is_fixed_label_preserving_and_a_prefix(shipped):
+    module = load_shipped(shipped)
+    plan = module.tta_plan(10)
+    assert plan == module.tta_plan(10) and plan[:4] == module.tta_plan(4)
+    assert plan[0] == dict(flip=False, rot=0, dx=0, dy=0, contrast=1.0, brightness=0.0)
+    assert {(v["flip"], v["rot"]) for v in plan[:8]} == {(f, r) for f in (False, True) for r in range(4)}
+    assert all(abs(v["dx"]) <= module.MAX_SHIFT and abs(v["dy"]) <= module.MAX_SHIFT for v in plan)
+    assert all(0.9 <= v["contrast"] <= 1.1 and abs(v["brightness"]) <= 12 for v in plan)
+    dihedral = module.tta_plan(8, "dihedral")
+    assert len({(v["flip"], v["rot"]) for v in dihedral}) == 8 and all(v["dx"] == v["dy"] == 0 for v in dihedral)
+    for bad in [dict(views=0), dict(views=9, mode="dihedral"), dict(views=4, mode="spin")]:
+        with pytest.raises(ValueError):
+            module.tta_plan(**bad)
+
+
+def test_views_from_json_class_attribute_and_environment(exports, tmp_path, monkeypatch):
+    stage([exports[0]], tmp_path, tta=3, tta_mode="random", tta_merge="mean_probs")
+    module = load_shipped(tmp_path)
+    assert module.Model().members[0]["tta"] == {"views": 3, "mode": "random", "merge": "mean_probs"}
+    monkeypatch.setenv("BLOODCELLS_TTA_VIEWS", "1")
+    assert module.Model().members[0]["tta"]["views"] == 1
+    monkeypatch.setattr(module.Model, "views", 5)
+    assert module.Model().members[0]["tta"]["views"] == 5
+    with pytest.raises(ValueError, match="merge"):
+        module.Model().set_tta(merge="vote")
+
+
+def test_ensemble_averages_the_members_probabilities(exports, tmp_path, images):
+    singles = []
+    for i, export in enumerate(exports):
+        stage([export], tmp_path / f"single{i}", tta=2)
+        singles.append(load_shipped(tmp_path / f"single{i}").Model().predict_proba(images))
+    assert np.abs(singles[0] - singles[1]).max() > 1e-3  # really two different models
+    stage(exports, tmp_path / "both", tta=2)
+    both = load_shipped(tmp_path / "both").Model()
+    assert [m["name"] for m in both.members] == ["a", "b"]
+    np.testing.assert_allclose(both.predict_proba(images), (singles[0] + singles[1]) / 2, atol=1e-5)
+
+
+def test_float16_weights_load_as_float32(exports, shipped, tmp_path, images):
+    stage([exports[0]], tmp_path, half=True)
+    with h5py.File(tmp_path / "a.weights.h5") as f:
+        dtypes = set()
+        f.visititems(lambda name, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
+    assert dtypes == {np.dtype(np.float16)}
+    half = load_shipped(tmp_path).Model()
+    assert {v.dtype for v in half.members[0]["network"].weights} == {"float32"}
+    full = load_shipped(shipped).Model()
+    np.testing.assert_allclose(half.predict_proba(images), full.predict_proba(images), atol=1e-3)
+    with pytest.raises(AssertionError):  # and the weights really are rounded
+        np.testing.assert_array_equal(half.predict_proba(images), full.predict_proba(images))
+
+
+def test_write_half_weights_keeps_every_array(exports, tmp_path):
+    src = exports[0] / "model.weights.h5"
+    write_half_weights(src, tmp_path / "half.weights.h5")
+    with h5py.File(src) as a, h5py.File(tmp_path / "half.weights.h5") as b:
+        names = []
+        a.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        assert names
+        for name in names:
+            np.testing.assert_allclose(b[name][()].astype(np.float32), a[name][()], rtol=1e-3, atol=1e-4)
