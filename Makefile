@@ -1,28 +1,46 @@
-# Every target installs what it needs into $(VENV) first; inputs are make variables.
+# Every target installs what it needs into $(VENV) first; inputs are make variables,
+# e.g.  make train CONFIG=configs/b7_focal.toml   or   make eval ZIP=submission/x.zip TEST=held_out.npz
 SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-# Real workflow defaults (override on the command line: make train DATA=... CONFIG=...)
+# -- the real workflow: raw file -> cleaned -> held-out split -> run -> weights -> zip ------
 DATA ?= training_set.npz
 CLEAN ?= build/training_set_clean.npz
 REPORT ?= build/clean_report
+CLEAN_ARGS ?=
+HOLDOUT ?= 0.15
+TRAIN_SET ?= build/train.npz
+TEST ?= build/test.npz
+SPLIT ?=
 CONFIG ?= configs/b7_reference.toml
-RUN ?= runs/b7_reference
-WEIGHTS ?= weights/b7_reference
-TEST ?= ../shared/data/pbc96_dev.npz
+NAME ?= $(basename $(notdir $(CONFIG)))
+RUN ?= runs/$(NAME)
+WEIGHTS ?= weights/$(NAME)
+TRAIN_ARGS ?=
+TTA ?=
+HALF ?=
+SUBMISSION_ARGS ?=
 ZIP ?= $(shell ls -t submission/submission_*.zip 2>/dev/null | head -n 1)
-
-# Demo: everything on synthetic data made by our own code, on a CPU, offline.
-DEMO := build/demo
+PROFILE ?=
+EVAL_ARGS ?=
 SEED ?= 0
+
+# The server's versions (requirements-server.txt: TensorFlow 2.17, Keras 3.4.1), built once.
+SERVER_VENV ?= .venv-server
+SERVER_PY := $(SERVER_VENV)/bin/python
+
+# The demo: synthetic data made by our own code, a tiny CPU model, offline.
+DEMO := build/demo
 
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo test synth clean-data train submission eval leaderboard shift-preview server-check bench clean server-check-tiny
+.PHONY: install demo test synth clean-data split train submission server-check server-check-tiny \
+        eval leaderboard shift-preview bench clean
 
 install: $(INSTALLED)
 
@@ -33,27 +51,78 @@ $(INSTALLED): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+$(SERVER_VENV)/.installed: requirements-server.txt
+	$(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_PY) -m pip install --quiet --upgrade pip
+	$(SERVER_PY) -m pip install --quiet -r requirements-server.txt
+	touch $@
+
 test: $(INSTALLED)
 	$(PY) -m pytest -q
 
-synth: $(INSTALLED)
-	$(PY) -m bloodcells.synth --out $(DEMO)/demo.npz --seed $(SEED)
-
+# -- demo: clean -> train -> submission/*.zip -> local evaluation -> leaderboard line ---------
 demo: $(INSTALLED)
 	@mkdir -p $(DEMO)
-	$(PY) -m bloodcells.synth --out $(DEMO)/demo.npz --seed $(SEED)
-	@echo "demo: synthetic training set -> $(DEMO)/demo.npz"
+	$(PY) -m bloodcells.synth --out $(DEMO)/raw.npz --seed $(SEED)
+	$(PY) -m bloodcells.synth --out $(DEMO)/test.npz --seed $$(( $(SEED) + 1 )) --per-class 40 --no-contamination
+	$(PY) -m bloodcells.clean $(DEMO)/raw.npz --out $(DEMO)/clean.npz --report $(DEMO)/clean_report
+	rm -rf $(DEMO)/run $(DEMO)/weights
+	$(PY) -m bloodcells.train --config configs/demo.toml --data $(DEMO)/clean.npz --out $(DEMO)/run \
+		--export $(DEMO)/weights --seed $(SEED)
+	$(PY) build_submission.py --weights $(DEMO)/weights --out submission | tee $(DEMO)/submission.log
+	$(PY) local_eval.py "$$(tail -n 1 $(DEMO)/submission.log)" --data $(DEMO)/test.npz
+	$(PY) local_eval.py --leaderboard
+	@echo
+	@echo "demo outputs:"
+	@echo "  synthetic training set     $(DEMO)/raw.npz (preview: $(DEMO)/raw_preview.png)"
+	@echo "  cleaned set and report     $(DEMO)/clean.npz, $(DEMO)/clean_report/"
+	@echo "  training run and export    $(DEMO)/run/, $(DEMO)/weights/"
+	@echo "  submission zip             $$(tail -n 1 $(DEMO)/submission.log)"
+	@echo "  local evaluation           submission/eval/$$(basename $$(tail -n 1 $(DEMO)/submission.log) .zip)/report.html"
+	@echo "  leaderboard                submission/leaderboard.csv"
 
-# Cleaning: fabricated images, label conflicts, duplicates, near-duplicates; outliers flagged.
-# make clean-data DATA=training_set.npz [OUT=...] [REPORT=...] [CLEAN_ARGS="--drop-outliers"]
-OUT ?= $(CLEAN)
-CLEAN_ARGS ?=
+synth: $(INSTALLED)
+	$(PY) -m bloodcells.synth --out $(DEMO)/raw.npz --seed $(SEED)
+
+# -- cleaning: fabricated images, label conflicts, duplicates, near-duplicates; outliers flagged
+# make clean-data DATA=training_set.npz [CLEAN=...] [REPORT=...] [CLEAN_ARGS="--drop-outliers"]
 clean-data: $(INSTALLED)
-	$(PY) -m bloodcells.clean $(DATA) --out $(OUT) --report $(REPORT) $(CLEAN_ARGS)
+	$(PY) -m bloodcells.clean $(DATA) --out $(CLEAN) --report $(REPORT) $(CLEAN_ARGS)
 
-# Evaluate a zip like the server: clean and server-like shifted test, scores, figures,
-# report.html under submission/eval/<zip>/, a row in submission/leaderboard.csv.
-# Optional: SPLIT=val PROFILE="none server sweep" EVAL_ARGS="--time-limit 600 --seed 0".
+$(CLEAN): | $(INSTALLED)
+	$(PY) -m bloodcells.clean $(DATA) --out $(CLEAN) --report $(REPORT) $(CLEAN_ARGS)
+
+# -- a stratified local test set that training never sees (TEST), the rest to train on ------
+split: $(INSTALLED) $(CLEAN)
+	$(PY) -m bloodcells.data $(CLEAN) --holdout $(HOLDOUT) --out-train $(TRAIN_SET) --out-test $(TEST) --seed $(SEED)
+
+$(TRAIN_SET): | $(CLEAN) $(INSTALLED)
+	$(PY) -m bloodcells.data $(CLEAN) --holdout $(HOLDOUT) --out-train $(TRAIN_SET) --out-test $(TEST) --seed $(SEED)
+
+# -- training (GPU or Colab for B7; configs/cpu.toml on a CPU); RESUME=1 continues a run -----
+train: $(INSTALLED) $(TRAIN_SET)
+	$(PY) -m bloodcells.train --config $(CONFIG) --data $(TRAIN_SET) --out $(RUN) --export $(WEIGHTS) \
+		$(if $(filter 1 yes true,$(RESUME)),--resume) $(TRAIN_ARGS)
+
+# -- submission: zip model.py + exported weights (several WEIGHTS folders = an ensemble) and
+#    validate it in a fresh process; TTA=N sets the views, HALF=1 stores float16 weights
+submission: $(INSTALLED)
+	$(PY) build_submission.py --weights $(WEIGHTS) $(if $(TTA),--tta $(TTA)) \
+		$(if $(filter 1 yes true,$(HALF)),--half) $(SUBMISSION_ARGS)
+
+server-check: $(INSTALLED) $(SERVER_VENV)/.installed
+	@test -n "$(ZIP)" || { echo "error: ZIP: no zip given and none in submission/; run make submission or pass ZIP=path" >&2; exit 2; }
+	$(PY) build_submission.py --check $(ZIP) --python $(SERVER_PY)
+
+# CI: an untrained tiny model's submission, validated with the server's versions (and parity with ours).
+server-check-tiny: $(INSTALLED) $(SERVER_VENV)/.installed
+	rm -rf build/ci_tiny
+	$(PY) -m bloodcells.submission --out build/ci_tiny/export
+	$(PY) build_submission.py --weights build/ci_tiny/export --out build/ci_tiny --probe-images 16 --python $(SERVER_PY)
+
+# -- local evaluation like the server: clean and server-like shifted test, scores, figures,
+#    submission/eval/<zip>/report.html, a row in submission/leaderboard.csv
+#    Optional: SPLIT=val PROFILE="none server sweep" EVAL_ARGS="--time-limit 600 --seed 0"
 eval: $(INSTALLED)
 	@test -n "$(ZIP)" || { echo "error: ZIP: no submission zip in submission/; run make submission or pass ZIP=path" >&2; exit 2; }
 	$(PY) local_eval.py $(ZIP) --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) $(if $(PROFILE),--profile $(PROFILE)) $(EVAL_ARGS)
@@ -66,36 +135,6 @@ leaderboard: $(INSTALLED)
 shift-preview: $(INSTALLED)
 	$(PY) -m bloodcells.shift --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) --profile server --seed $(SEED) \
 		--out build/shift_preview.npz --preview build/shift_preview.png --sweep-preview build/shift_sweep_preview.png
-
-# Submission: zip model.py + exported weights (WEIGHTS may list several = ensemble) and
-# validate it in a fresh process; TTA=N sets the views, HALF=1 stores float16 weights.
-TTA ?=
-HALF ?=
-SERVER_VENV ?= .venv-server
-SERVER_PY := $(SERVER_VENV)/bin/python
-CI_TINY := build/ci_tiny
-
-submission: $(INSTALLED)
-	$(PY) build_submission.py --weights $(WEIGHTS) $(if $(TTA),--tta $(TTA)) $(if $(filter 1 yes true,$(HALF)),--half)
-
-# The server's versions (requirements-server.txt: TF 2.17, Keras 3.4.1), built once and reused.
-$(SERVER_VENV)/.installed: requirements-server.txt
-	$(PYTHON) -m venv $(SERVER_VENV)
-	$(SERVER_PY) -m pip install --quiet --upgrade pip
-	$(SERVER_PY) -m pip install --quiet -r requirements-server.txt
-	touch $@
-
-# The same validation, run by the server's versions, plus parity of the probabilities with ours:
-# make server-check ZIP=submission/....zip
-server-check: $(INSTALLED) $(SERVER_VENV)/.installed
-	@test -n "$(ZIP)" || { echo "error: ZIP: no zip given and none in submission/; run make submission or pass ZIP=path" >&2; exit 2; }
-	$(PY) build_submission.py --check $(ZIP) --python $(SERVER_PY)
-
-# CI: an untrained tiny model's submission, validated with the server's versions (and parity with ours).
-server-check-tiny: $(INSTALLED) $(SERVER_VENV)/.installed
-	rm -rf $(CI_TINY)
-	$(PY) -m bloodcells.submission --out $(CI_TINY)/export
-	$(PY) build_submission.py --weights $(CI_TINY)/export --out $(CI_TINY) --probe-images 16 --python $(SERVER_PY)
 
 # Long measurements: each bench/*.py prints its figures (nothing is asserted).
 bench: $(INSTALLED)
