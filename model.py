@@ -36,8 +36,8 @@ BACKBONES = {
     "mobilenetv2": ("MobileNetV2", "tf"),
     "resnet50": ("ResNet50", "caffe"),
     "resnet101": ("ResNet101", "caffe"),
-    **{f"convnext_{s}": (f"ConvNeXt{s.capitalize()}", "raw")
-       for s in ("tiny", "small", "base", "large", "xlarge")},
+    **{f"convnext_{s.lower()}": (f"ConvNeXt{s}", "raw")
+       for s in ("Tiny", "Small", "Base", "Large", "XLarge")},
     "small_cnn": (None, "unit"),
 }
 

@@ -321,12 +321,12 @@ class Augmenter:
             add(L.AugMix(value_range=(0, 255), factor=float(o["augmix_severity"]), seed=self._next_seed()),
                 self._p("augmix_prob"))
         if o["blur_prob"]:
-            add(L.RandomGaussianBlur(factor=1.0, kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
+            add(L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
                                      value_range=(0, 255), seed=self._next_seed()), self._p("blur_prob"))
         if o["noise_prob"]:
             add(Noise(o["noise_std"], seed=self._next_seed()), self._p("noise_prob"))
         if o["erasing_prob"]:
-            add(L.RandomErasing(factor=1.0, scale=tuple(o["erasing_scale"]), value_range=(0, 255),
+            add(L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
                                 seed=self._next_seed()), self._p("erasing_prob"))
         return steps
 

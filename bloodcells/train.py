@@ -75,6 +75,7 @@ DEFAULTS = {
         "strategy": "default",
         "tpu": "",
         "eval_batch_size": 128,
+        "eval_every": 1,            # validate every k epochs (and always the last); 1 = every epoch
         "steps_per_epoch": 0,
     },
     "phase1": {"epochs": 0, "lr": 1e-3},
@@ -444,8 +445,12 @@ class Trainer:
                                       f"epoch {epoch + 1} ({phase})")
                 fit = self.model.fit(self.stream(epoch), epochs=1, verbose=0, callbacks=[lr_cb],
                                      steps_per_epoch=steps if t["steps_per_epoch"] else None)
-                clean = evaluate(self.model, self.val.images, self.val.labels, int(t["eval_batch_size"]))
-                shifted = evaluate(self.model, self.val_shifted, self.val.labels, int(t["eval_batch_size"]))
+                last = state["epoch_in_phase"] + 1 >= n_epochs
+                if (state["epoch_in_phase"] + 1) % max(int(t["eval_every"]), 1) == 0 or last:
+                    clean = evaluate(self.model, self.val.images, self.val.labels, int(t["eval_batch_size"]))
+                    shifted = evaluate(self.model, self.val_shifted, self.val.labels, int(t["eval_batch_size"]))
+                else:  # not validated this epoch: never the best, no patience counted
+                    clean = shifted = {"accuracy": float("nan"), "loss": float("nan")}
                 row = {"epoch": epoch + 1, "phase": phase, "lr": lr_cb.last_lr,
                        "loss": float(fit.history["loss"][-1]), "accuracy": float(fit.history["accuracy"][-1]),
                        "val_loss": clean["loss"], "val_acc": clean["accuracy"],
@@ -455,11 +460,15 @@ class Trainer:
                          f"val acc {row['val_acc']:.3f} shifted val acc {row['val_shifted_acc']:.3f} "
                          f"lr {row['lr']:.2e} {row['seconds']:.0f}s")
                 score = row[monitor]
-                if state["best"] is None or score > state["best"]:
+                if math.isnan(score):
+                    pass
+                elif state["best"] is None or score > state["best"]:
                     state["best"], state["best_epoch"] = score, epoch + 1
                     save_npz_atomic(best_path, compress=False,
                                     **_variables_to_arrays("model_", self.model.variables))
-                if state["phase_best"] is None or score > state["phase_best"]:
+                if math.isnan(score):
+                    pass
+                elif state["phase_best"] is None or score > state["phase_best"]:
                     state["phase_best"], state["wait"], state["plateau_wait"] = score, 0, 0
                 else:
                     state["wait"] += 1
