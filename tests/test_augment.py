@@ -92,7 +92,7 @@ def test_cutmix_and_mixup_mix_labels_per_batch(batch):
 def test_stream_is_reproducible_per_seed_and_epoch(batch):
     images, labels = batch
     opts = {**OFF, **SINGLE["geometry"], **SINGLE["noise"], "flip": True, "cutmix_prob": 0.5,
-            "mixup_prob": 0.5, "randaugment_prob": 0.5}
+            "mixup_prob": 0.5, "stain": 0.2, "stain_prob": 0.5}
     a = _stream(images, labels, opts, seed=5, epoch=2, batch_size=3)
     b = _stream(images, labels, opts, seed=5, epoch=2, batch_size=3)
     c = _stream(images, labels, opts, seed=5, epoch=3, batch_size=3)
