@@ -45,8 +45,8 @@ BACKBONES = {
     "mobilenetv2": ("MobileNetV2", "tf"),
     "resnet50": ("ResNet50", "caffe"),
     "resnet101": ("ResNet101", "caffe"),
-    **{f"convnext_{s}": (f"ConvNeXt{s.capitalize()}", "raw")
-       for s in ("tiny", "small", "base", "large", "xlarge")},
+    **{f"convnext_{s.lower()}": (f"ConvNeXt{s}", "raw")
+       for s in ("Tiny", "Small", "Base", "Large", "XLarge")},
     "small_cnn": (None, "unit"),
 }
 
@@ -70,17 +70,44 @@ def _preprocess(x, mode):
 
 
 def _small_cnn(x, options):
-    """A plain CNN for CPUs and tests: conv blocks (conv-BN-ReLU twice, then pool)."""
+    """A small CNN for CPUs and tests, trained from scratch.
+
+    Plain (default): conv blocks of conv-BN-ReLU (`convs_per_block` times) then 2x2 pool.
+    Residual (`residual: true`): an optional strided stem, then per width a stage of
+    pre-activation-free basic blocks (conv-BN-ReLU-conv-BN + shortcut, ReLU), the
+    first block of each later stage downsampling by stride 2."""
     widths = options.get("widths", [32, 64, 128, 256])
     momentum = options.get("bn_momentum", 0.9)
-    for block, width in enumerate(widths):
-        for conv in range(options.get("convs_per_block", 2)):
-            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                    name=f"block{block}_conv{conv}")(x)
-            x = keras.layers.BatchNormalization(momentum=momentum, name=f"block{block}_bn{conv}")(x)
-            x = keras.layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
-        if block < len(widths) - 1:
-            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    L = keras.layers
+
+    def conv_bn(x, width, stride, name, relu=True):
+        x = L.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = L.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+        return L.Activation("relu", name=f"{name}_relu")(x) if relu else x
+
+    if not options.get("residual", False):
+        for block, width in enumerate(widths):
+            for conv in range(options.get("convs_per_block", 2)):
+                x = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}")(x)
+                x = L.BatchNormalization(momentum=momentum, name=f"block{block}_bn{conv}")(x)
+                x = L.Activation("relu", name=f"block{block}_relu{conv}")(x)
+            if block < len(widths) - 1:
+                x = L.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        return x
+
+    x = conv_bn(x, int(options.get("stem_width", widths[0])), int(options.get("stem_stride", 1)), "stem")
+    for stage, width in enumerate(widths):
+        for block in range(int(options.get("blocks_per_stage", 1))):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name = f"stage{stage}_block{block}"
+            shortcut = x
+            y = conv_bn(x, width, stride, f"{name}_a")
+            y = conv_bn(y, width, 1, f"{name}_b", relu=False)
+            if stride != 1 or shortcut.shape[-1] != width:
+                shortcut = L.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{name}_proj")(shortcut)
+                shortcut = L.BatchNormalization(momentum=momentum, name=f"{name}_proj_bn")(shortcut)
+            x = L.Add(name=f"{name}_add")([shortcut, y])
+            x = L.Activation("relu", name=f"{name}_out")(x)
     return x
 
 

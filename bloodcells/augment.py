@@ -1,0 +1,442 @@
+"""Training-time augmentation: Keras core preprocessing layers run inside `tf.data`.
+
+Only the training stream is augmented. Every per-image augmentation is applied with
+its own probability (strong augmentation on every image underfits a small set), and
+the probabilities can ramp up over the first epochs. CutMix and MixUp act on whole
+batches, each with its own probability. The layers are rebuilt for every epoch with
+seeds derived from (run seed, epoch), so an epoch's augmented stream is the same
+whether the run was interrupted or not.
+
+Independent of bloodcells/shift.py on purpose: training on the exact corruptions the
+shifted validation uses would make that validation meaningless.
+"""
+
+from __future__ import annotations
+
+import os
+
+# TensorFlow 2.21's oneDNN graph rewrites corrupt the heap (segfault / free(): invalid
+# size) when training the residual small CNN on some batch shapes; plain Eigen kernels
+# are safe. Set TF_ENABLE_ONEDNN_OPTS=1 before importing to opt back in.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import copy
+import random
+
+import numpy as np
+
+from . import NUM_CLASSES
+
+# Every key the [augment] table accepts, with its default. Probabilities are per image
+# unless the name says batch.
+DEFAULTS = {
+    "enabled": True,
+    "flip": True,                 # horizontal and vertical flips
+    "rot90": True,                # random multiple of 90 degrees
+    "rotation": 0.0,              # RandomRotation factor (fraction of a full turn)
+    "translation": 0.0,           # RandomTranslation factor (fraction of the side)
+    "zoom": 0.0,                  # RandomZoom factor
+    "geometry_prob": 1.0,         # probability of the rotation/translation/zoom step
+    "fill_mode": "reflect",
+    "brightness": 0.0,            # RandomColorJitter factors (0 = off)
+    "contrast": 0.0,
+    "saturation": 0.0,            # saturation range around 1, e.g. 0.2 -> [0.8, 1.2]
+    "hue": 0.0,                   # off by default: hue blurs the eosinophil/neutrophil cue
+    "color_prob": 0.0,
+    "stain": 0.0,                 # stain jitter strength in optical-density space
+    "stain_prob": 0.0,
+    "gamma": 0.0,                 # log-gamma jitter range, e.g. 0.3 -> gamma in [0.74, 1.35]
+    "gamma_prob": 0.0,
+    "grayscale_prob": 0.0,
+    "channel_mix": 1.0,           # max blend towards a channel permutation
+    "channel_mix_prob": 0.0,
+    "randaugment_prob": 0.0,      # RandAugment (num_ops, factor)
+    "randaugment_num_ops": 2,
+    "randaugment_factor": 0.5,
+    "augmix_prob": 0.0,           # AugMix (optional; slow)
+    "augmix_severity": 0.3,
+    "blur_prob": 0.0,             # RandomGaussianBlur
+    "blur_sigma": 1.5,
+    "noise_prob": 0.0,            # additive Gaussian noise, std up to noise_std (0-255 scale)
+    "noise_std": 12.0,
+    "erasing_prob": 0.0,          # RandomErasing (cutout-style patches)
+    "erasing_scale": [0.02, 0.15],
+    "cutmix_prob": 0.0,           # batch level
+    "cutmix_alpha": 1.0,
+    "mixup_prob": 0.0,            # batch level
+    "mixup_alpha": 0.2,
+    "ramp_epochs": 0,             # probabilities grow linearly from ramp_start to 1x
+    "ramp_start": 0.3,
+}
+
+
+def resolve(options: dict | None) -> dict:
+    """Defaults overlaid with `options`; unknown keys raise KeyError naming them."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise KeyError(", ".join(unknown))
+    resolved = copy.deepcopy(DEFAULTS)
+    resolved.update(options)
+    return resolved
+
+
+def ramp(options: dict, epoch: int) -> float:
+    """Multiplier on every augmentation probability at `epoch` (0-based)."""
+    epochs = int(options.get("ramp_epochs", 0))
+    if epochs <= 0 or epoch >= epochs:
+        return 1.0
+    start = float(options.get("ramp_start", 0.3))
+    return start + (1.0 - start) * epoch / epochs
+
+
+def _seed(*parts) -> int:
+    """A 31-bit seed from integers, stable across processes."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] >> 1)
+
+
+# -- custom layers (augmentations with no Keras core layer) ------------------------------
+
+def _keras():
+    import keras
+    return keras
+
+
+def _custom_layers():
+    keras = _keras()
+    ops = keras.ops
+
+    class RandomRot90(keras.layers.Layer):
+        """Rotate each image by a random multiple of 90 degrees (square images)."""
+
+        def __init__(self, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            k = keras.random.randint((ops.shape(images)[0],), 0, 4, seed=self.generator)
+            r1 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)  # 90 degrees
+            r2 = ops.flip(ops.flip(images, axis=1), axis=2)
+            r3 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=1)
+            k = ops.reshape(k, (-1, 1, 1, 1))
+            return ops.where(k == 0, images, ops.where(k == 1, r1, ops.where(k == 2, r2, r3)))
+
+    class RandomGaussianNoise(keras.layers.Layer):
+        """Additive Gaussian noise, std drawn per image in [0, max_std] (0-255 scale)."""
+
+        def __init__(self, max_std=12.0, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.max_std = float(max_std)
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            n = ops.shape(images)[0]
+            std = keras.random.uniform((n, 1, 1, 1), 0.0, self.max_std, seed=self.generator)
+            noise = keras.random.normal(ops.shape(images), seed=self.generator)
+            return images + noise * std
+
+    class RandomStain(keras.layers.Layer):
+        """Stain jitter: scale and shift each channel's optical density
+        OD = -log((I+1)/256), the way stain concentration varies between slides."""
+
+        def __init__(self, strength=0.1, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.strength = float(strength)
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            n = ops.shape(images)[0]
+            s = self.strength
+            scale = keras.random.uniform((n, 1, 1, 3), 1.0 - s, 1.0 + s, seed=self.generator)
+            shift = keras.random.uniform((n, 1, 1, 3), -s / 2, s / 2, seed=self.generator)
+            od = -ops.log((ops.clip(images, 0.0, 255.0) + 1.0) / 256.0)
+            od = ops.maximum(od * scale + shift, 0.0)
+            return ops.exp(-od) * 256.0 - 1.0
+
+    class RandomGamma(keras.layers.Layer):
+        """Gamma jitter: I' = 255 (I/255)^g with log g uniform in [-r, r]."""
+
+        def __init__(self, log_range=0.3, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.log_range = float(log_range)
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            n = ops.shape(images)[0]
+            g = ops.exp(keras.random.uniform((n, 1, 1, 1), -self.log_range, self.log_range,
+                                             seed=self.generator))
+            return 255.0 * ops.power(ops.clip(images, 0.0, 255.0) / 255.0, g)
+
+    class RandomAffine(keras.layers.Layer):
+        """Rotation, zoom and translation as one affine warp (one resampling instead of
+        three; RandomRotation/RandomZoom/RandomTranslation each resample the image).
+        Factors as in those layers: rotation as a fraction of a full turn, zoom as a
+        relative scale change, translation as a fraction of the side."""
+
+        def __init__(self, rotation=0.0, zoom=0.0, translation=0.0, fill_mode="reflect", seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.rotation, self.zoom, self.translation = float(rotation), float(zoom), float(translation)
+            self.fill_mode = fill_mode
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            shape = ops.shape(images)
+            n, h, w = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
+            angle = keras.random.uniform((n,), -self.rotation, self.rotation, seed=self.generator) * 2 * np.pi
+            scale = keras.random.uniform((n,), 1.0 - self.zoom, 1.0 + self.zoom, seed=self.generator)
+            tx = keras.random.uniform((n,), -self.translation, self.translation, seed=self.generator) * w
+            ty = keras.random.uniform((n,), -self.translation, self.translation, seed=self.generator) * h
+            cos, sin = ops.cos(angle) / scale, ops.sin(angle) / scale
+            cx, cy = (w - 1) / 2, (h - 1) / 2
+            # output (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2)
+            a2 = cx - cos * cx + sin * cy - tx
+            b2 = cy - sin * cx - cos * cy - ty
+            zeros = ops.zeros_like(cos)
+            transform = ops.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+            return ops.image.affine_transform(images, transform, interpolation="bilinear",
+                                              fill_mode=self.fill_mode)
+
+    class RandomChannelMix(keras.layers.Layer):
+        """Blend each image towards a random permutation of its channels, by a weight
+        drawn in [0, max_blend] (scanner/camera channel differences)."""
+
+        PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+        def __init__(self, max_blend=1.0, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.max_blend = float(max_blend)
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            n = ops.shape(images)[0]
+            which = keras.random.randint((n, 1, 1, 1), 0, len(self.PERMUTATIONS), seed=self.generator)
+            blend = keras.random.uniform((n, 1, 1, 1), 0.0, self.max_blend, seed=self.generator)
+            permuted = images
+            for k, perm in enumerate(self.PERMUTATIONS):
+                permuted = ops.where(which == k, ops.take(images, list(perm), axis=-1), permuted)
+            return (1.0 - blend) * images + blend * permuted
+
+    class WithProbability(keras.layers.Layer):
+        """Apply `layer` to each image independently with probability `prob`."""
+
+        def __init__(self, layer, prob, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.layer = layer
+            self.prob = float(prob)
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            if self.prob <= 0:
+                return images
+            changed = self.layer(images, training=True)
+            if self.prob >= 1:
+                return changed
+            pick = keras.random.uniform((ops.shape(images)[0], 1, 1, 1), seed=self.generator) < self.prob
+            return ops.where(pick, ops.cast(changed, images.dtype), images)
+
+    class RandAugmentOneOp(keras.layers.Layer):
+        """keras.layers.RandAugment's operations and magnitudes, but only the chosen
+        operation is computed: Keras' own layer computes all of its ~14 operations for
+        every one of `num_ops` steps and keeps one, which starves the training loop on
+        a CPU. Same op set, same `factor`; one op per step per batch, as Keras does."""
+
+        def __init__(self, num_ops=2, factor=0.5, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.reference = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops,
+                                                      factor=factor, seed=seed)
+            self.num_ops = int(num_ops)
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            import tensorflow as tf
+            names = list(self.reference._AUGMENT_LAYERS)
+            ops_ = [getattr(self.reference, name) for name in names]
+            for _ in range(self.num_ops):
+                index = keras.random.randint((), 0, len(ops_), seed=self.generator)
+                branches = [(lambda op=op, x=images: tf.cast(op(x, training=True), tf.float32)) for op in ops_]
+                images = tf.switch_case(tf.cast(index, tf.int32), branches)
+            return images
+
+    return (RandomRot90, RandomGaussianNoise, RandomStain, RandomGamma, WithProbability, RandAugmentOneOp,
+            RandomAffine, RandomChannelMix)
+
+
+class Augmenter:
+    """The augmentation for one epoch: `augmenter(images, onehot_labels)` on a float32
+    batch in 0-255 returns the augmented (images, labels). Use inside tf.data.map."""
+
+    def __init__(self, options: dict, seed: int = 0, epoch: int = 0, num_classes: int = NUM_CLASSES):
+        self.options = resolve(options)
+        self.epoch = epoch
+        self.num_classes = num_classes
+        self.scale = ramp(self.options, epoch)
+        self._seeds = iter(range(1, 1000))
+        self._base = (seed, epoch)
+        self.steps = self._build() if self.options["enabled"] else []
+        self.cutmix, self.mixup = self._build_mixing() if self.options["enabled"] else (None, None)
+
+    def _next_seed(self) -> int:
+        return _seed(*self._base, next(self._seeds))
+
+    def _p(self, name) -> float:
+        return min(1.0, float(self.options[name]) * self.scale)
+
+    def _build(self):
+        keras = _keras()
+        L = keras.layers
+        Rot90, Noise, Stain, Gamma, WithProb, RandAug, Affine, ChannelMix = _custom_layers()
+        o = self.options
+        steps = []
+
+        def add(layer, prob):
+            if prob > 0:
+                steps.append(WithProb(layer, prob, seed=self._next_seed()))
+
+        if o["flip"]:
+            steps.append(L.RandomFlip("horizontal_and_vertical", seed=self._next_seed()))
+        if o["rot90"]:
+            steps.append(Rot90(seed=self._next_seed()))
+        if o["rotation"] or o["translation"] or o["zoom"]:
+            add(Affine(o["rotation"], o["zoom"], o["translation"], fill_mode=o["fill_mode"],
+                       seed=self._next_seed()), self._p("geometry_prob"))
+        jitter = {k: o[k] for k in ("brightness", "contrast", "saturation", "hue") if o[k]}
+        if jitter:
+            args = {}
+            if "brightness" in jitter:
+                args["brightness_factor"] = o["brightness"]
+            if "contrast" in jitter:
+                args["contrast_factor"] = o["contrast"]
+            if "saturation" in jitter:
+                # Keras' saturation factor maps 0.5 to "unchanged"; keep near it.
+                args["saturation_factor"] = (0.5 - o["saturation"] / 2, 0.5 + o["saturation"] / 2)
+            if "hue" in jitter:
+                args["hue_factor"] = o["hue"]
+            add(L.RandomColorJitter(value_range=(0, 255), seed=self._next_seed(), **args), self._p("color_prob"))
+        if o["stain"]:
+            add(Stain(o["stain"], seed=self._next_seed()), self._p("stain_prob"))
+        if o["gamma"]:
+            add(Gamma(o["gamma"], seed=self._next_seed()), self._p("gamma_prob"))
+        if o["grayscale_prob"]:
+            add(L.RandomGrayscale(factor=1.0, seed=self._next_seed()), self._p("grayscale_prob"))
+        if o["channel_mix_prob"]:
+            add(ChannelMix(o["channel_mix"], seed=self._next_seed()), self._p("channel_mix_prob"))
+        if o["randaugment_prob"]:
+            add(RandAug(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
+                        seed=self._next_seed()),
+                self._p("randaugment_prob"))
+        if o["augmix_prob"]:
+            add(L.AugMix(value_range=(0, 255), factor=float(o["augmix_severity"]), seed=self._next_seed()),
+                self._p("augmix_prob"))
+        if o["blur_prob"]:
+            add(L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
+                                     value_range=(0, 255), seed=self._next_seed()), self._p("blur_prob"))
+        if o["noise_prob"]:
+            add(Noise(o["noise_std"], seed=self._next_seed()), self._p("noise_prob"))
+        if o["erasing_prob"]:
+            add(L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
+                                seed=self._next_seed()), self._p("erasing_prob"))
+        return steps
+
+    def _build_mixing(self):
+        keras = _keras()
+        o = self.options
+        cutmix = mixup = None
+        if o["cutmix_prob"] > 0:
+            cutmix = keras.layers.CutMix(factor=float(o["cutmix_alpha"]), seed=self._next_seed())
+        if o["mixup_prob"] > 0:
+            mixup = keras.layers.MixUp(alpha=float(o["mixup_alpha"]), seed=self._next_seed())
+        self._batch_generator = keras.random.SeedGenerator(self._next_seed())
+        return cutmix, mixup
+
+    def images_only(self, images):
+        """Per-image augmentations (no batch mixing), float32 0-255 in and out."""
+        for step in self.steps:
+            images = step(images, training=True)
+        return self._clip(images)
+
+    def _clip(self, images):
+        keras = _keras()
+        return keras.ops.clip(keras.ops.cast(images, "float32"), 0.0, 255.0)
+
+    def __call__(self, images, labels):
+        import tensorflow as tf
+        keras = _keras()
+        images = self.images_only(images)
+        if self.cutmix is None and self.mixup is None:
+            return images, labels
+        draw = keras.random.uniform((), seed=self._batch_generator)
+        p_cut = self._p("cutmix_prob") if self.cutmix is not None else 0.0
+        p_mix = self._p("mixup_prob") if self.mixup is not None else 0.0
+
+        def cut():
+            out = self.cutmix({"images": images, "labels": labels}, training=True)
+            return self._clip(out["images"]), tf.cast(out["labels"], labels.dtype)
+
+        def mix():
+            out = self.mixup({"images": images, "labels": labels}, training=True)
+            return self._clip(out["images"]), tf.cast(out["labels"], labels.dtype)
+
+        def keep():
+            return images, labels
+
+        # At most one of the two per batch: CutMix with p_cut, else MixUp with p_mix.
+        if self.cutmix is not None and self.mixup is not None:
+            return tf.cond(draw < p_cut, cut, lambda: tf.cond(draw < p_cut + p_mix, mix, keep))
+        if self.cutmix is not None:
+            return tf.cond(draw < p_cut, cut, keep)
+        return tf.cond(draw < p_mix, mix, keep)
+
+
+def augmented_dataset(images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
+                      epoch: int = 0, batch_size: int = 32, weights: np.ndarray | None = None,
+                      num_classes: int = NUM_CLASSES, order: np.ndarray | None = None):
+    """One epoch of the augmented training stream as a tf.data.Dataset of
+    (float32 images 0-255, one-hot float32 labels[, sample weights]).
+
+    `order` is the epoch's index order (default: a permutation seeded by seed and
+    epoch). The augmentation map runs sequentially so its random draws, and so the
+    epoch's batches, are reproducible; prefetching overlaps it with training."""
+    import tensorflow as tf
+
+    if order is None:
+        order = np.random.default_rng(_seed(seed, epoch, 0)).permutation(len(labels))
+    onehot = np.eye(num_classes, dtype=np.float32)[labels[order]]
+    tensors = (images[order], onehot) if weights is None else (images[order], onehot,
+                                                                 weights[order].astype(np.float32))
+    ds = tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
+    augmenter = Augmenter(options, seed=seed, epoch=epoch, num_classes=num_classes)
+
+    def apply(x, y, *w):
+        x, y = augmenter(tf.cast(x, tf.float32), y)
+        return (x, y, *w)
+
+    # AugMix picks its chain's operations with Python's `random` while tracing.
+    random.seed(_seed(seed, epoch, 1))
+    ds = ds.map(apply)
+    return ds.prefetch(2)
+
+
+def sample_batch(images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0, epoch: int = 0,
+                 n: int = 40, num_classes: int = NUM_CLASSES):
+    """The first augmented batch of an epoch (for the augmentation grid): uint8 images
+    and soft labels."""
+    ds = augmented_dataset(images, labels, options, seed=seed, epoch=epoch, batch_size=min(n, len(labels)),
+                           num_classes=num_classes)
+    x, y = next(iter(ds))[:2]
+    return np.clip(np.rint(np.asarray(x)), 0, 255).astype(np.uint8), np.asarray(y)
+
+
+def save_augmentation_grid(path, images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
+                           epoch: int = 0, n: int = 40) -> None:
+    """PNG grid of augmented training samples with their (possibly mixed) labels."""
+    from .report import SHORT_NAMES, save_image_grid
+
+    x, y = sample_batch(images, labels, options, seed=seed, epoch=epoch, n=n)
+    titles = []
+    for row in y:
+        top = np.argsort(row)[::-1][:2]
+        if row[top[1]] > 0.05:
+            titles.append(f"{SHORT_NAMES[top[0]]} {row[top[0]]:.2f}/{SHORT_NAMES[top[1]]}")
+        else:
+            titles.append(SHORT_NAMES[top[0]])
+    save_image_grid(path, x, titles=titles, title=f"Augmented training samples (epoch {epoch + 1})")

@@ -1,0 +1,121 @@
+"""Augmentation stream: every option changes images as it should, stays in range,
+is reproducible per (seed, epoch), and leaves the labels alone unless it mixes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bloodcells import augment
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    # smooth random images (a flat random image is invariant to too much)
+    base = rng.integers(0, 256, (6, 12, 12, 3)).astype(np.uint8)
+    images = np.repeat(np.repeat(base, 8, axis=1), 8, axis=2)
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    return images, labels
+
+
+OFF = {"flip": False, "rot90": False}
+# option set -> applied with probability 1 (ramp off)
+SINGLE = {
+    "flip": {"flip": True},
+    "rot90": {"rot90": True},
+    "geometry": {"rotation": 0.3, "zoom": 0.2, "translation": 0.1, "geometry_prob": 1.0},
+    "color": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "color_prob": 1.0},
+    "hue": {"hue": 0.2, "color_prob": 1.0},
+    "stain": {"stain": 0.3, "stain_prob": 1.0},
+    "gamma": {"gamma": 0.5, "gamma_prob": 1.0},
+    "grayscale": {"grayscale_prob": 1.0},
+    "channel_mix": {"channel_mix": 1.0, "channel_mix_prob": 1.0},
+    "randaugment": {"randaugment_prob": 1.0, "randaugment_num_ops": 2, "randaugment_factor": 0.8},
+    "augmix": {"augmix_prob": 1.0},
+    "blur": {"blur_prob": 1.0, "blur_sigma": 2.0},
+    "noise": {"noise_prob": 1.0, "noise_std": 20.0},
+    "erasing": {"erasing_prob": 1.0, "erasing_scale": [0.1, 0.2]},
+}
+
+
+def _stream(images, labels, options, seed=0, epoch=0, batch_size=6):
+    out_x, out_y = [], []
+    for x, y in augment.augmented_dataset(images, labels, options, seed=seed, epoch=epoch, batch_size=batch_size):
+        out_x.append(np.asarray(x))
+        out_y.append(np.asarray(y))
+    return np.concatenate(out_x), np.concatenate(out_y)
+
+
+@pytest.mark.parametrize("name", sorted(SINGLE))
+def test_each_augmentation_changes_images_and_keeps_range_and_labels(batch, name):
+    images, labels = batch
+    order = np.arange(len(labels))
+    opts = {**OFF, **SINGLE[name]}
+    ds = augment.augmented_dataset(images, labels, opts, seed=3, batch_size=6, order=order)
+    x, y = (np.asarray(t) for t in next(iter(ds)))
+    assert x.shape == images.shape and x.dtype == np.float32
+    assert x.min() >= 0 and x.max() <= 255
+    changed = np.abs(x - images.astype(np.float32)).reshape(len(x), -1).max(axis=1) > 1.0
+    assert changed.sum() >= 2, f"{name} changed only {changed.sum()} of 6 images"
+    np.testing.assert_array_equal(y, np.eye(8)[labels])
+
+
+def test_disabled_and_zero_probability_are_identity(batch):
+    images, labels = batch
+    order = np.arange(len(labels))
+    for opts in ({"enabled": False}, {**OFF, "noise_prob": 0.0, "color_prob": 0.0, "brightness": 0.5}):
+        x, _ = (np.asarray(t) for t in next(iter(augment.augmented_dataset(
+            images, labels, opts, batch_size=6, order=order))))
+        np.testing.assert_array_equal(x, images.astype(np.float32))
+
+
+def test_probability_applies_to_a_fraction_of_images():
+    images = np.full((200, 96, 96, 3), 128, np.uint8)
+    labels = np.zeros(200, np.int64)
+    x, _ = _stream(images, labels, {**OFF, "noise_prob": 0.3, "noise_std": 30.0}, batch_size=100)
+    fraction = (np.abs(x - 128).reshape(200, -1).max(axis=1) > 0).mean()
+    assert 0.15 < fraction < 0.45
+
+
+def test_cutmix_and_mixup_mix_labels_per_batch(batch):
+    images, labels = batch
+    for opts in ({**OFF, "cutmix_prob": 1.0}, {**OFF, "mixup_prob": 1.0, "mixup_alpha": 1.0}):
+        x, y = _stream(images, labels, opts, seed=1)
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+        assert (y.max(axis=1) < 0.999).any(), opts  # some labels are mixtures
+        assert x.min() >= 0 and x.max() <= 255
+    x, y = _stream(images, labels, {**OFF, "cutmix_prob": 0.0, "mixup_prob": 0.0})
+    assert set(np.unique(y)) == {0.0, 1.0}
+
+
+def test_stream_is_reproducible_per_seed_and_epoch(batch):
+    images, labels = batch
+    opts = {**OFF, **SINGLE["geometry"], **SINGLE["noise"], "flip": True, "cutmix_prob": 0.5,
+            "mixup_prob": 0.5, "stain": 0.2, "stain_prob": 0.5}
+    a = _stream(images, labels, opts, seed=5, epoch=2, batch_size=3)
+    b = _stream(images, labels, opts, seed=5, epoch=2, batch_size=3)
+    c = _stream(images, labels, opts, seed=5, epoch=3, batch_size=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_ramp_scales_probabilities_up_to_full():
+    opts = augment.resolve({"ramp_epochs": 4, "ramp_start": 0.2})
+    values = [augment.ramp(opts, e) for e in range(6)]
+    assert values[0] == pytest.approx(0.2)
+    assert values == sorted(values) and values[4] == values[5] == 1.0
+    assert augment.ramp(augment.resolve({}), 0) == 1.0
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(KeyError, match="hue_jiter"):
+        augment.resolve({"hue_jiter": 0.1})
+
+
+def test_augmentation_grid_png(tmp_path, batch):
+    images, labels = batch
+    path = tmp_path / "grid.png"
+    augment.save_augmentation_grid(path, images, labels, {"cutmix_prob": 0.5}, n=6)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

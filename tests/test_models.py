@@ -1,0 +1,162 @@
+"""Networks for training: built through model.py, weights options, freezing, export
+in format 1 (loadable by model.py's build_network), and the B7 recipe's one step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bloodcells import models
+from bloodcells.cli import UserError
+
+TINY = {"backbone": "small_cnn", "backbone_options": {"widths": [4, 8], "residual": True, "stem_stride": 2},
+        "head": {"dense_units": 8}}
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3)).astype(np.float32)
+
+
+def test_spec_follows_contract_1():
+    spec = models.make_spec({**TINY, "resize_to": 0}, name="tiny", source_run="runs/x")
+    assert spec["format"] == "bloodcells-model/1"
+    for key in ("name", "weights_file", "backbone", "backbone_options", "input_size", "resize_to",
+                "num_classes", "head", "tta", "class_names", "source_run", "keras_version"):
+        assert key in spec
+    assert spec["input_size"] == 96 and spec["num_classes"] == 8 and spec["resize_to"] is None
+    assert set(spec["head"]) == {"dense_units", "dropout", "bn_momentum", "activation"}
+    assert set(spec["tta"]) == {"views", "merge", "mode"}
+    with pytest.raises(UserError, match="model.backbone"):
+        models.make_spec({"backbone": "vgg99"})
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_small_cnn_builds_with_stable_layer_names(residual):
+    spec = models.make_spec({**TINY, "backbone_options": {"widths": [4, 8], "residual": residual}})
+    net = models.build(spec, "none")
+    names = [layer.name for layer in net.layers]
+    assert names[-2:] == ["logits", "probs"]
+    assert any("_add" in n for n in names) == residual
+    probs = net.predict(_images(2), verbose=0)
+    assert probs.shape == (2, 8)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_every_backbone_name_maps_to_a_keras_application():
+    import keras
+
+    table = models.shipped_model_module().BACKBONES
+    for name, (constructor, _) in table.items():
+        assert constructor is None or hasattr(keras.applications, constructor), name
+    wanted = {f"efficientnetb{i}" for i in range(8)} | {"efficientnetv2b0", "efficientnetv2s", "efficientnetv2l",
+                                                         "mobilenetv2", "resnet50", "resnet101", "convnext_tiny",
+                                                         "convnext_xlarge", "small_cnn"}
+    assert wanted <= set(table)
+
+
+def test_backbone_weights_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "before"))
+    assert models.resolve_backbone_weights("none", "mobilenetv2") is None
+    assert models.resolve_backbone_weights(None, "mobilenetv2") is None
+    # imagenet is passed to keras.applications (its download-and-cache code); the cache
+    # folder is set, nothing is downloaded here.
+    assert models.resolve_backbone_weights("imagenet", "mobilenetv2", tmp_path / "cache") == "imagenet"
+    from keras.src.backend import config as keras_config
+    assert Path(keras_config.keras_home()) == (tmp_path / "cache").resolve()
+    weights_file = tmp_path / "backbone.h5"
+    weights_file.write_bytes(b"x")
+    assert models.resolve_backbone_weights(str(weights_file), "resnet50") == str(weights_file)
+    with pytest.raises(UserError, match="model.weights"):
+        models.resolve_backbone_weights(str(tmp_path / "missing.h5"), "resnet50")
+    with pytest.raises(UserError, match="small_cnn"):
+        models.resolve_backbone_weights("imagenet", "small_cnn")
+
+
+def test_backbone_weights_from_a_file_are_loaded(tmp_path):
+    import keras
+
+    spec = models.make_spec({"backbone": "mobilenetv2", "backbone_options": {}, "head": {"dense_units": 8}})
+    reference = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
+    for var in reference.trainable_variables[:3]:
+        var.assign(np.full(var.shape, 0.123, np.float32))
+    path = tmp_path / "mobilenet.weights.h5"
+    reference.save_weights(str(path))
+    net = models.build(spec, str(path))
+    backbone = [layer for layer in net.layers if isinstance(layer, keras.Model)][0]
+    np.testing.assert_allclose(backbone.trainable_variables[0].numpy(), 0.123)
+
+
+def test_freeze_and_unfreeze_top_layers_keep_batchnorm_frozen():
+    import keras
+
+    spec = models.make_spec({"backbone": "mobilenetv2", "head": {"dense_units": 8}})
+    net = models.build(spec, "none")
+    models.freeze_backbone(net)
+    head_vars = {v.path for v in net.trainable_variables}
+    assert head_vars and all(not p.startswith("mobilenet") for p in head_vars)
+    count = models.unfreeze_top(net, 20, freeze_batchnorm=True)
+    layers = models.backbone_layers(net)
+    assert 0 < count <= 20
+    assert not any(layer.trainable for layer in layers[:-20])
+    top = layers[-20:]
+    assert all(not layer.trainable for layer in top if isinstance(layer, keras.layers.BatchNormalization))
+    assert any(layer.trainable for layer in top if isinstance(layer, keras.layers.Conv2D))
+    models.unfreeze_top(net, "all", freeze_batchnorm=False)
+    assert all(layer.trainable for layer in models.backbone_layers(net))
+
+
+def test_freeze_small_cnn():
+    net = models.build(models.make_spec(TINY), "none")
+    models.freeze_backbone(net)
+    assert all(v.path.split("/")[0] in models.HEAD_LAYERS for v in net.trainable_variables)
+    models.unfreeze_top(net, "all", freeze_batchnorm=False)
+    assert len(net.trainable_variables) > 6
+
+
+def test_export_is_loadable_by_model_py_and_replaces_atomically(tmp_path, monkeypatch):
+    spec = models.make_spec(TINY, name="tiny")
+    net = models.build(spec, "none")
+    x = _images(3)
+    out = tmp_path / "weights" / "tiny"
+    models.export(net, spec, out)
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.weights.h5"]
+    saved = json.loads((out / "model.json").read_text())
+    assert saved["weights_file"] == "model.weights.h5" and saved["format"] == "bloodcells-model/1"
+    rebuilt = models.shipped_model_module().build_network(saved)
+    rebuilt.load_weights(str(out / "model.weights.h5"))
+    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-5)
+
+    # A failing export leaves the previous one intact and no temporary folder behind.
+    before = (out / "model.weights.h5").read_bytes()
+
+    def broken(self, path, *a, **k):
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(net), "save_weights", broken)
+    with pytest.raises(OSError):
+        models.export(net, spec, out)
+    assert (out / "model.weights.h5").read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny"]
+
+
+def test_b7_reference_config_builds_and_trains_one_step():
+    """The real B7 recipe (weights none here): builds, freezes, and takes one step."""
+    from bloodcells import train
+
+    cfg = train.load_config(Path(__file__).resolve().parents[1] / "configs" / "b7_reference.toml")
+    assert cfg["model"]["backbone"] == "efficientnetb7" and cfg["model"]["weights"] == "imagenet"
+    spec = models.make_spec(cfg["model"], name=cfg["name"])
+    net = models.build(spec, "none")
+    assert net.count_params() > 60e6
+    models.freeze_backbone(net)
+    net.compile(optimizer=train.make_optimizer(cfg["train"], cfg["phase1"]["lr"]),
+                loss=train.make_loss(cfg["train"]))
+    y = np.eye(8, dtype=np.float32)[[0, 1]]
+    before = net.get_layer("logits").get_weights()[0].copy()
+    history = net.fit(_images(2), y, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.array_equal(before, net.get_layer("logits").get_weights()[0])

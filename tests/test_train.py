@@ -1,0 +1,302 @@
+"""Training: config validation, the whole run's outputs, resume == uninterrupted, and
+every loss / optimiser / imbalance / scale option on a tiny network and a few images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bloodcells import train
+from bloodcells.cli import UserError
+from bloodcells.files import save_npz_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"backbone": "small_cnn", "weights": "none",
+              "backbone_options": {"widths": [4, 8], "residual": True, "stem_stride": 2},
+              "head": {"dense_units": 8}}
+LIGHT_AUG = {"rotation": 0.2, "geometry_prob": 0.5, "noise_prob": 0.3, "randaugment_prob": 0.3,
+             "cutmix_prob": 0.3, "mixup_prob": 0.3, "ramp_epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    """A tiny AN2DL-layout file: 48 random-texture images with a class-dependent tint."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 6)
+    images = rng.integers(0, 120, (48, 96, 96, 3)).astype(np.int16)
+    images[..., 0] += (labels * 16)[:, None, None]
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    save_npz_atomic(path, images=np.clip(images, 0, 255).astype(np.uint8), labels=labels)
+    return path
+
+
+def tiny_config(**changes):
+    raw = {"name": "tiny", "seed": 3, "data": {"val_fraction": 0.25},
+           "model": TINY_MODEL, "augment": LIGHT_AUG,
+           "train": {"batch_size": 12, "optimizer": "adamw", "schedule": "cosine", "warmup_epochs": 0.5},
+           "phase1": {"epochs": 1, "lr": 1e-2}, "phase2": {"epochs": 2, "lr": 1e-2, "freeze_batchnorm": False}}
+    for key, value in changes.items():
+        table, _, field = key.rpartition(".")
+        target = raw
+        for part in filter(None, table.split(".")):
+            target = target.setdefault(part, {})
+        target[field] = value
+    return train.resolve_config(raw, "test")
+
+
+# -- configuration -------------------------------------------------------------------------
+
+def test_shipped_configs_resolve():
+    names = {}
+    for path in sorted((REPO / "configs").glob("*.toml")):
+        cfg = train.load_config(path)
+        names[path.stem] = cfg
+    assert {"b7_reference", "b7_focal", "cpu", "demo"} <= set(names)
+    assert names["b7_focal"]["train"]["loss"] == "focal"
+    assert names["b7_reference"]["train"]["loss"] == "categorical_crossentropy"
+    assert names["cpu"]["model"]["backbone"] == "small_cnn"
+
+
+def test_config_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\noptimiser = "adam"\n')
+    with pytest.raises(UserError, match=r"bad.toml: train.optimiser: unknown key"):
+        train.load_config(bad)
+    bad.write_text('[train]\noptimizer = "sgd9"\n')
+    with pytest.raises(UserError, match=r"bad.toml: train.optimizer: 'sgd9'; expected one of"):
+        train.load_config(bad)
+    bad.write_text('[augment]\nhue_jiter = 0.1\n')
+    with pytest.raises(UserError, match=r"augment.hue_jiter"):
+        train.load_config(bad)
+    bad.write_text('[train\n')
+    with pytest.raises(UserError, match="not valid TOML"):
+        train.load_config(bad)
+    bad.write_text('[train]\nfocal_alpha = [0.1, 0.2]\n')
+    with pytest.raises(UserError, match="focal_alpha"):
+        train.load_config(bad)
+
+
+def test_cli_bad_input_exits_2(tmp_path, data_file):
+    cmd = [sys.executable, "-m", "bloodcells.train", "--config", str(tmp_path / "nope.toml"),
+           "--data", str(data_file), "--out", str(tmp_path / "run")]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                            env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "nope.toml" in result.stderr and not (tmp_path / "run").exists()
+
+
+# -- pieces ----------------------------------------------------------------------------------
+
+def test_learning_rate_warmup_cosine_and_constant():
+    t = {"warmup_epochs": 1.0, "schedule": "cosine", "min_lr": 0.0}
+    phase = {"lr": 1.0}
+    lrs = [train.learning_rate(phase, t, s, 40, 10) for s in range(40)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+    assert train.learning_rate(phase, {**t, "schedule": "constant", "warmup_epochs": 0}, 30, 40, 10) == 1.0
+
+
+def test_epoch_order_imbalance_modes():
+    labels = np.array([0] * 10 + [1] * 4 + [2] * 2)
+    none = train.epoch_order(labels, "none", 0, 0)
+    assert sorted(none) == list(range(16))
+    assert not np.array_equal(none, train.epoch_order(labels, "none", 0, 1))
+    np.testing.assert_array_equal(none, train.epoch_order(labels, "none", 0, 0))
+    down = train.epoch_order(labels, "downsample", 0, 0)
+    assert np.bincount(labels[down]).tolist() == [2, 2, 2] and len(set(down)) == 6
+    up = train.epoch_order(labels, "upsample", 0, 0)
+    assert np.bincount(labels[up]).tolist() == [10, 10, 10]
+    assert set(np.flatnonzero(labels == 2)) <= set(up)
+    weights = train.class_weights(labels)
+    assert weights[:3] == pytest.approx([16 / 30, 16 / 12, 16 / 6])
+    assert np.mean(weights[labels]) == pytest.approx(1.0)
+
+
+def _one_step(loss_cfg=None, optimizer="adam", jit=False, strategy="default", mixed=False):
+    import keras
+
+    from bloodcells import models
+
+    t = {**train.DEFAULTS["train"], **(loss_cfg or {}), "optimizer": optimizer, "strategy": strategy}
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        scope = train.make_strategy(t)
+        with scope.scope():
+            net = models.build(models.make_spec(TINY_MODEL), "none")
+            net.compile(optimizer=train.make_optimizer(t, 1e-2), loss=train.make_loss(t), jit_compile=jit)
+        x = np.random.default_rng(1).integers(0, 256, (4, 96, 96, 3)).astype(np.float32)
+        y = np.eye(8, dtype=np.float32)[[0, 1, 2, 3]]
+        before = [w.copy() for w in net.get_layer("logits").get_weights()]
+        # mixed precision: dynamic loss scaling skips the first steps while the scale
+        # overflows, so give it a few
+        loss = net.fit(x, y, batch_size=4, epochs=12 if mixed else 1, verbose=0).history["loss"][-1]
+        after = net.get_layer("logits").get_weights()
+        assert np.isfinite(loss)
+        assert not np.array_equal(before[0], after[0])
+        if mixed:
+            assert net.get_layer("head_dense").compute_dtype == "float16"
+            assert net.get_layer("probs").compute_dtype == "float32"
+            assert "LossScale" in type(net.optimizer).__name__
+        return net, loss
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "rmsprop", "lion"])
+def test_optimizers_take_a_step(optimizer):
+    net, _ = _one_step(optimizer=optimizer)
+    kind = type(net.optimizer).__name__.lower()
+    assert kind == optimizer
+
+
+@pytest.mark.parametrize("loss_cfg", [
+    {"loss": "categorical_crossentropy", "label_smoothing": 0.1},
+    {"loss": "focal", "focal_gamma": 2.0, "focal_alpha": 0.25},
+    {"loss": "focal", "focal_gamma": 1.0, "focal_alpha": [0.5, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]},
+])
+def test_losses_take_a_step(loss_cfg):
+    _one_step(loss_cfg)
+
+
+def test_focal_loss_values():
+    """Focal with gamma 0 and alpha 1 is cross-entropy; per-class alpha weights by class."""
+    y = np.eye(8, dtype=np.float32)[[0, 1]]
+    p = np.full((2, 8), 0.05, np.float32)
+    p[0, 0] = p[1, 1] = 0.65
+    ce = float(train.make_loss({**train.DEFAULTS["train"]})(y, p))
+    focal0 = float(train.make_loss({**train.DEFAULTS["train"], "loss": "focal", "focal_gamma": 0.0,
+                                    "focal_alpha": 1.0})(y, p))
+    assert focal0 == pytest.approx(ce, rel=1e-4)
+    alpha = [1.0, 0.0] + [0.5] * 6
+    per_class = float(train.make_loss({**train.DEFAULTS["train"], "loss": "focal", "focal_gamma": 0.0,
+                                       "focal_alpha": alpha})(y, p))
+    assert per_class == pytest.approx(ce / 2, rel=1e-4)  # class 1's sample weighs 0
+
+
+def test_mixed_precision_xla_and_mirrored_take_a_step():
+    _one_step(mixed=True)
+    _one_step(jit=True)
+    net, _ = _one_step(strategy="mirrored")
+
+
+def test_tpu_strategy_without_a_tpu_is_a_clear_error():
+    with pytest.raises(UserError, match="train.strategy: 'tpu'"):
+        train.make_strategy({"strategy": "tpu", "tpu": ""})
+
+
+# -- whole runs ------------------------------------------------------------------------------
+
+def _history(run):
+    with open(run / "history.csv") as fh:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+def test_full_run_writes_everything_and_exports(tmp_path, data_file):
+    cfg = tiny_config(**{"data.imbalance": "class_weights", "train.plateau_patience": 1})
+    out, export = tmp_path / "run", tmp_path / "weights" / "tiny"
+    metrics = train.Trainer(cfg, data_file, out, export).run()
+    for name in ("config.json", "augmentation.png", "history.csv", "curves.png", "metrics.json",
+                 "confusion.png", "checkpoint.npz", "best.npz"):
+        assert (out / name).is_file(), name
+    info = json.loads((out / "config.json").read_text())
+    from bloodcells.files import sha256_file
+    assert info["data_sha256"] == sha256_file(data_file) and info["seed"] == 3
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(info["versions"])
+    assert info["config"]["augment"]["cutmix_prob"] == 0.3  # resolved, defaults filled in
+    rows = _history(out)
+    assert [r["phase"] for r in rows] == ["phase1", "phase2", "phase2"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert 0 <= saved["val_acc"] <= 1 and 0 <= saved["val_shifted_acc"] <= 1
+    assert set(saved["val_recall"]) == set(__import__("bloodcells").CLASS_NAMES)
+    best = max(float(r["val_shifted_acc"]) for r in rows)
+    assert saved["best_epoch"] in [i + 1 for i, r in enumerate(rows) if float(r["val_shifted_acc"]) == best]
+    assert metrics["val_shifted_acc"] == pytest.approx(best)  # the exported model is the best epoch's
+    spec = json.loads((export / "model.json").read_text())
+    assert spec["format"] == "bloodcells-model/1" and (export / "model.weights.h5").is_file()
+
+    # A second run into the same folder without --resume is refused.
+    with pytest.raises(UserError, match="--out"):
+        train.Trainer(cfg, data_file, out).run()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, data_file, monkeypatch):
+    cfg = tiny_config()
+    train.Trainer(cfg, data_file, tmp_path / "whole").run()
+
+    real_save = train.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_die(*args, **kwargs):  # killed right after epoch 2's checkpoint (mid phase 2)
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Interrupt()
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(_Interrupt):
+        train.Trainer(cfg, data_file, tmp_path / "cut").run()
+    assert len(_history(tmp_path / "cut")) == 2
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    with pytest.raises(UserError, match="--resume"):
+        train.Trainer(cfg, data_file, tmp_path / "cut").run()
+    train.Trainer(cfg, data_file, tmp_path / "cut", resume=True).run()
+
+    whole, cut = _history(tmp_path / "whole"), _history(tmp_path / "cut")
+    assert len(whole) == len(cut) == 3
+    for a, b in zip(whole, cut):
+        for key in ("loss", "accuracy", "val_loss", "val_acc", "val_shifted_acc", "lr"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), key
+    with np.load(tmp_path / "whole" / "best.npz") as w, np.load(tmp_path / "cut" / "best.npz") as c:
+        for key in w.files:
+            np.testing.assert_allclose(w[key], c[key], rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopping_plateau_and_monitor(tmp_path, data_file):
+    # lr 0: nothing improves after the first epoch, so patience 1 stops the phase early
+    # and the plateau rule halves the (zero) rate; monitor on clean accuracy.
+    cfg = tiny_config(**{"phase1.epochs": 0, "phase2.epochs": 5, "phase2.lr": 0.0, "train.monitor": "val_acc",
+                         "train.early_stopping_patience": 2, "train.plateau_patience": 1,
+                         "data.imbalance": "downsample", "augment.enabled": False})
+    messages = []
+    metrics = train.Trainer(cfg, data_file, tmp_path / "run", log=messages.append).run()
+    rows = _history(tmp_path / "run")
+    assert len(rows) == 3 and metrics["best_epoch"] == 1 and metrics["monitor"] == "val_acc"
+    assert any(m.startswith("early stop") for m in messages)
+    assert sum(m.startswith("plateau") for m in messages) == 2
+
+
+def test_upsampling_run_and_cli_resume(tmp_path, data_file):
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'name = "cli"\nseed = 1\n[data]\nimbalance = "upsample"\nmax_train = 24\n'
+        '[model]\nbackbone = "small_cnn"\nweights = "none"\n'
+        'backbone_options = { widths = [4], stem_stride = 2, residual = true }\nhead = { dense_units = 8 }\n'
+        '[augment]\nrot90 = true\n[train]\nbatch_size = 16\nloss = "focal"\noptimizer = "lion"\n'
+        '[phase2]\nepochs = 1\nlr = 1e-3\nfreeze_batchnorm = false\n')
+    env = {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
+    run, export = tmp_path / "run", tmp_path / "w"
+    base = [sys.executable, "-m", "bloodcells.train", "--config", str(config), "--data", str(data_file),
+            "--out", str(run)]
+    result = subprocess.run(base + ["--export", str(export), "--epochs", "1", "--seed", "2"],
+                            capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "shifted val acc" in result.stdout
+    assert "epoch 1 (phase2)" in result.stderr  # progress per epoch
+    assert json.loads((run / "config.json").read_text())["seed"] == 2
+    assert (export / "model.json").is_file()
+    # --resume on a finished run: nothing left to do, same metrics.
+    before = json.loads((run / "metrics.json").read_text())
+    result = subprocess.run(base + ["--resume"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["val_acc"] == before["val_acc"]
