@@ -136,12 +136,6 @@ shift-preview: $(INSTALLED)
 	$(PY) -m bloodcells.shift --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) --profile server --seed $(SEED) \
 		--out build/shift_preview.npz --preview build/shift_preview.png --sweep-preview build/shift_sweep_preview.png
 
-# Train from a TOML config; the best model is exported to $(WEIGHTS) (model.json + weights).
-# make train CONFIG=configs/cpu.toml DATA=build/training_set_clean.npz RUN=runs/cpu WEIGHTS=weights/cpu
-# Add RESUME=1 to continue an interrupted run.
-train: $(INSTALLED)
-	$(PY) -m bloodcells.train --config $(CONFIG) --data $(DATA) --out $(RUN) --export $(WEIGHTS) $(if $(RESUME),--resume,)
-
 # Long measurements: each bench/*.py prints its figures (nothing is asserted).
 bench: $(INSTALLED)
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
