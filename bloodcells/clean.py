@@ -29,7 +29,6 @@ import argparse
 import csv
 import hashlib
 import io
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -214,48 +213,19 @@ def _descriptor_batch(images: np.ndarray, grid: int = 16, step: float = 2.0, sig
     return v.astype(np.float32)
 
 
-def _load_model_module():
-    """model.py lives at the repository root (it ships alone); import it by path."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "model.py"
-    spec = importlib.util.spec_from_file_location("bloodcells_model_py", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def gap_embedder(source: str, backbone_weights: str | None = "imagenet"):
     """A Keras model mapping 0-255 images to the network's GAP features.
 
     `source` is an exported model folder (contract 1: model.json + weights) or a backbone
     name from model.BACKBONES (ImageNet weights via keras.applications; `backbone_weights`
     may be None to build it untrained, e.g. in tests)."""
-    model_py = _load_model_module()
     import keras
 
-    folder = Path(source)
-    if folder.is_dir():
-        spec_file = folder / "model.json"
-        if not spec_file.is_file():
-            raise UserError(f"{folder}: model.json: file missing; expected an exported model folder "
-                            f"(model.json + weights) or a backbone name")
-        try:
-            spec = json.loads(spec_file.read_text())
-        except ValueError as exc:
-            raise UserError(f"{spec_file}: file: not valid JSON ({exc}); expected a bloodcells-model/1 spec") from None
-        if not isinstance(spec, dict) or spec.get("format") != model_py.SPEC_FORMAT:
-            raise UserError(f"{spec_file}: format: {spec.get('format') if isinstance(spec, dict) else spec!r}; "
-                            f"expected '{model_py.SPEC_FORMAT}'")
-        weights = folder / spec.get("weights_file", "model.weights.h5")
-        if not weights.is_file():
-            raise UserError(f"{weights}: file missing; expected the weights named by model.json's weights_file")
-        network = model_py.build_network(spec)
-        try:
-            network.load_weights(weights)
-        except Exception as exc:  # Keras raises several types for a mismatched file
-            raise UserError(f"{weights}: weights: do not fit the network in model.json "
-                            f"({' '.join(str(exc).split())[:160]})") from None
+    from . import models
+
+    model_py = models.shipped_model_module()
+    if Path(source).is_dir():
+        network, _ = models.load_exported(source)
     else:
         name = source.lower()
         if name not in model_py.BACKBONES or model_py.BACKBONES[name][0] is None:
@@ -264,7 +234,9 @@ def gap_embedder(source: str, backbone_weights: str | None = "imagenet"):
                             f"expected 'descriptor', an exported model folder, or one of {', '.join(choices)}")
         spec = {"backbone": name, "input_size": IMAGE_SIZE, "num_classes": NUM_CLASSES}
         try:
-            network = model_py.build_network(spec, backbone_weights=backbone_weights)
+            network = models.build(spec, weights=backbone_weights)
+        except UserError:
+            raise
         except Exception as exc:  # no network: the weight download fails
             raise UserError(f"--embedding: {source}: could not load {backbone_weights} weights "
                             f"({' '.join(str(exc).split())[:160]}); expected them in the Keras cache "

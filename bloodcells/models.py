@@ -192,10 +192,37 @@ def export(model, spec: dict, out_dir) -> Path:
     return out_dir
 
 
-def load_exported(folder):
-    """Rebuild an exported model exactly as model.py does: (network, spec)."""
+def read_export(folder) -> tuple[dict, Path]:
+    """(spec, weights path) of an exported model folder, or a UserError saying what is missing."""
     folder = Path(folder)
-    spec = json.loads((folder / "model.json").read_text())
+    path = folder / "model.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; expected an exported model folder (model.json + model.weights.h5) "
+                        f"as written by `python -m bloodcells.train ... --export {folder}`")
+    try:
+        spec = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); re-export the model") from None
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        found = spec.get("format") if isinstance(spec, dict) else spec
+        raise UserError(f"{path}: format: expected \"{SPEC_FORMAT}\", got {found!r}")
+    for key in ("backbone", "weights_file"):
+        if key not in spec:
+            raise UserError(f"{path}: {key}: missing; expected a {SPEC_FORMAT} model.json")
+    weights = folder / spec["weights_file"]
+    if not weights.is_file():
+        raise UserError(f"{weights}: weights file missing (model.json's weights_file); re-export the model")
+    return spec, weights
+
+
+def load_exported(folder):
+    """Rebuild an exported model exactly as model.py does: (network, spec). Weights that
+    do not fit the network described by model.json are a UserError."""
+    spec, weights = read_export(folder)
     net = shipped_model_module().build_network(spec)
-    net.load_weights(str(folder / spec["weights_file"]))
+    try:
+        net.load_weights(str(weights))
+    except Exception as exc:  # Keras raises several types for a mismatched file
+        raise UserError(f"{weights}: weights: do not fit the network in model.json "
+                        f"({' '.join(str(exc).split())[:160]})") from None
     return net, spec

@@ -26,7 +26,6 @@ import zlib
 
 import numpy as np
 
-from . import IMAGE_SHAPE
 from .cli import Progress, UserError, run_cli
 
 PROFILES = ("none", "server", "sweep")

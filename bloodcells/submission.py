@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as _dt
-import importlib.util
 import json
 import os
 import re
@@ -28,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodcells import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from bloodcells import IMAGE_SIZE, NUM_CLASSES
 from bloodcells.cli import UserError, run_cli
-from bloodcells.files import atomic_path, sha256_file, write_json_atomic
+from bloodcells.files import atomic_path, sha256_file
+from bloodcells.models import SPEC_FORMAT, export, make_spec, read_export, shipped_model_module
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_PY = REPO / "model.py"
-SPEC_FORMAT = "bloodcells-model/1"
 MANIFEST_FORMAT = "bloodcells-submission/1"
 MANIFEST_NAME = "manifest.json"
 
@@ -102,25 +101,9 @@ class Report:
 # Exported models (contract 1)
 # ---------------------------------------------------------------------------------------
 
-def load_model_module():
-    """The repository's model.py as a module (it is not part of the package)."""
-    spec = importlib.util.spec_from_file_location("bloodcells_shipped_model", MODEL_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def default_spec(**overrides) -> dict:
-    """A complete contract-1 model.json dict; `overrides` replace top-level keys."""
-    import keras
-
-    spec = {"format": SPEC_FORMAT, "name": "model", "weights_file": "model.weights.h5",
-            "backbone": "small_cnn", "backbone_options": {}, "input_size": IMAGE_SIZE,
-            "resize_to": None, "num_classes": NUM_CLASSES,
-            "head": {"dense_units": 128, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"},
-            "tta": {"views": 10, "merge": "softmax_mean_logits", "mode": "random"},
-            "class_names": list(CLASS_NAMES), "source_run": "untrained",
-            "keras_version": keras.__version__}
+    """A complete contract-1 model.json dict for a small CNN; `overrides` replace top-level keys."""
+    spec = make_spec({"backbone": "small_cnn"}, name="model", source_run="untrained")
     spec.update(overrides)
     return spec
 
@@ -135,18 +118,11 @@ def export_untrained(folder, seed: int = 0, logit_scale: float = 1.0, **override
 
     spec = default_spec(**overrides)
     keras.utils.set_random_seed(seed)
-    net = load_model_module().build_network(spec)
+    net = shipped_model_module().build_network(spec)
     if logit_scale != 1.0:
         layer = net.get_layer("logits")
         layer.set_weights([w * logit_scale for w in layer.get_weights()])
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / spec["weights_file"]) as tmp:
-        weights_tmp = tmp.with_name(tmp.name + ".weights.h5")  # Keras insists on the suffix
-        net.save_weights(weights_tmp)
-        os.replace(weights_tmp, tmp)
-    write_json_atomic(folder / "model.json", spec)
-    return folder
+    return export(net, spec, folder)
 
 
 def export_tiny(folder, seed: int = 0, **overrides) -> Path:
@@ -156,28 +132,6 @@ def export_tiny(folder, seed: int = 0, **overrides) -> Path:
     overrides.setdefault("backbone_options", {"widths": [8, 16]})
     overrides.setdefault("head", {"dense_units": 16, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"})
     return export_untrained(folder, seed=seed, **overrides)
-
-
-def read_export(folder) -> tuple[dict, Path]:
-    """(spec, weights path) of an exported model folder, or UserError saying what is missing."""
-    folder = Path(folder)
-    path = folder / "model.json"
-    if not path.is_file():
-        raise UserError(f"{path}: missing; expected an exported model folder (model.json + model.weights.h5) "
-                        f"as written by `python -m bloodcells.train ... --export {folder}`")
-    try:
-        spec = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); re-export the model") from None
-    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
-        raise UserError(f"{path}: format: expected \"{SPEC_FORMAT}\", got {spec.get('format') if isinstance(spec, dict) else spec!r}")
-    for key in ("backbone", "weights_file"):
-        if key not in spec:
-            raise UserError(f"{path}: {key}: missing; expected a contract-1 model.json")
-    weights = folder / spec["weights_file"]
-    if not weights.is_file():
-        raise UserError(f"{weights}: weights file missing (model.json's weights_file); re-export the model")
-    return spec, weights
 
 
 def write_half_weights(src, dst) -> None:

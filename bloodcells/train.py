@@ -45,7 +45,7 @@ import numpy as np
 from . import CLASS_NAMES, NUM_CLASSES
 from . import augment as augment_mod
 from .cli import Progress, UserError, run_cli
-from .files import atomic_path, save_npz_atomic, sha256_file, write_json_atomic, write_text_atomic
+from .files import save_npz_atomic, sha256_file, write_json_atomic, write_text_atomic
 
 DEFAULTS = {
     "name": "run",
