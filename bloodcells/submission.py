@@ -505,20 +505,27 @@ def check_parity(folder, probe, result, report: Report, other_python, limits: Li
     """Same zip, same images, another interpreter (this project's versions): the server's
     Keras must compute the same probabilities, not merely load the weights."""
     other, other_outputs, _ = run_folder(folder, other_python, probe, limits.timeout_s)
-    mine, theirs = report.probs, other_outputs.get("proba")
-    versions = _versions(other)
-    if mine is None or theirs is None:
-        report.add("parity", False, f"could not run with {versions}: "
-                   f"{_last_line(other.get('error', 'no predict_proba'))}", "check the zip runs here first")
+    compare_probabilities(
+        report, "parity", "parity", report.probs, other_outputs.get("proba"), limits.parity_tolerance,
+        missing=(f"could not run with {_versions(other)}: {_last_line(other.get('error', 'no predict_proba'))}",
+                 "check the zip runs here first"),
+        label=f"{_versions(result)} vs {_versions(other)}: max |dp|",
+        fix="the two versions compute this network differently: rebuild the export's network with the "
+            "server's versions (a layer changed between Keras releases) or choose another backbone")
+
+
+def compare_probabilities(report, check, key, probs, reference, tolerance, missing, label, fix) -> None:
+    """One check that two runs' probabilities agree within `tolerance` (max abs difference);
+    `missing` is (detail, fix) for when either run gave none."""
+    if probs is None or reference is None:
+        report.add(check, False, *missing)
         return
-    diff = float(np.abs(mine - theirs).max())
-    agree = float(np.mean(mine.argmax(1) == theirs.argmax(1)))
-    report.figures.update(parity_max_diff=diff, parity_label_agreement=agree)
-    report.add("parity", diff <= limits.parity_tolerance,
-               f"{_versions(result)} vs {versions}: max |dp| = {diff:.2g} (tolerance {limits.parity_tolerance:g}), "
-               f"labels agree on {agree:.0%}",
-               "the two versions compute this network differently: rebuild the export's network with the "
-               "server's versions (a layer changed between Keras releases) or choose another backbone")
+    diff = float(np.abs(probs - reference).max())
+    agree = float(np.mean(probs.argmax(1) == reference.argmax(1)))
+    report.figures.update({f"{key}_max_diff": diff, f"{key}_label_agreement": agree})
+    report.add(check, diff <= tolerance,
+               f"{label} = {diff:.2g} (tolerance {tolerance:g}), labels agree on {agree:.0%} of {len(probs)} probe images",
+               fix)
 
 
 def _versions(result) -> str:
@@ -555,18 +562,11 @@ def validate(zip_path, python=None, limits: Limits | None = None, reference=None
             check_parity(folder, probe, result, report, parity_python, limits)
     if reference is not None and report.ok:
         ref_result, ref_outputs, _ = run_folder(reference, python, probe, limits.timeout_s)
-        p16, p32 = report.probs, ref_outputs.get("proba")
-        if p32 is None or p16 is None:
-            report.add("float16 vs float32", False, f"float32 reference did not run: "
-                       f"{_last_line(ref_result.get('error', 'no predict_proba'))}", "rebuild without --half")
-        else:
-            diff = float(np.abs(p16 - p32).max())
-            agree = float(np.mean(p16.argmax(1) == p32.argmax(1)))
-            report.figures.update(half_max_diff=diff, half_label_agreement=agree)
-            report.add("float16 vs float32", diff <= limits.half_tolerance,
-                       f"max |p16 - p32| = {diff:.2g} (tolerance {limits.half_tolerance:g}), "
-                       f"labels agree on {agree:.0%} of {len(p16)} probe images",
-                       "float16 changes this model's predictions: build without --half")
+        compare_probabilities(
+            report, "float16 vs float32", "half", report.probs, ref_outputs.get("proba"), limits.half_tolerance,
+            missing=(f"float32 reference did not run: {_last_line(ref_result.get('error', 'no predict_proba'))}",
+                     "rebuild without --half"),
+            label="max |p16 - p32|", fix="float16 changes this model's predictions: build without --half")
     return report
 
 
