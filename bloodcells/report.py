@@ -101,7 +101,7 @@ def save_curves(path, series: dict, xlabel: str = "epoch", title: str = "Trainin
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.04)  # above the panel titles, not on them
     _save(fig, path)
 
 
@@ -232,7 +232,7 @@ def save_confidence_plot(path, confidence, correct, title: str = "Predictions so
     ax2.set_ylim(0, 1.1)
     ax2.set_xlabel("confidence bin (count above bar)")
     ax2.set_ylabel("accuracy")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.04)  # above the panel titles, not on them
     _save(fig, path)
 
 
