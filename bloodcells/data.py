@@ -270,6 +270,17 @@ def _short(exc: Exception) -> str:
 
 # -- splits -----------------------------------------------------------------------------
 
+def fingerprint(*arrays) -> str:
+    """sha256 over the raw bytes of arrays (e.g. images, labels): identifies a data set's
+    content whatever file or split it came from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0):
     """Per-class seeded split. Returns sorted (train_index, val_index). Every class with
     at least two images keeps at least one image on each side."""

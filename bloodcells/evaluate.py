@@ -5,7 +5,6 @@ its predictions scored, figures and an HTML report, and a leaderboard row.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from . import leaderboard as board
 from . import report, shift
+from .data import fingerprint
 from .files import save_npz_atomic, sha256_file, write_json_atomic, write_text_atomic
 from .ingestion import run_submission
 from .scoring import family_severity_accuracy, score, write_scores
@@ -50,10 +50,8 @@ def held_out_split(path, split):
 
 
 def data_fingerprint(images, labels) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(images).tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    """Cache key of a labelled test set (labels hashed as int64, as the data layer gives them)."""
+    return fingerprint(images, np.asarray(labels, dtype=np.int64))
 
 
 def shift_code() -> str:

@@ -341,11 +341,8 @@ class Trainer:
     def data_checksum(self) -> str:
         if self.data_path.is_file():
             return sha256_file(self.data_path)
-        import hashlib
-        digest = hashlib.sha256()
-        for arr in (self.train.images, self.train.labels, self.val.images, self.val.labels):
-            digest.update(np.ascontiguousarray(arr).tobytes())
-        return digest.hexdigest()
+        from .data import fingerprint
+        return fingerprint(self.train.images, self.train.labels, self.val.images, self.val.labels)
 
     # phases -----------------------------------------------------------------------------
     def phases(self):
