@@ -3,9 +3,9 @@
 Only the training stream is augmented. Every per-image augmentation is applied with
 its own probability (strong augmentation on every image underfits a small set), and
 the probabilities can ramp up over the first epochs. CutMix and MixUp act on whole
-batches, each with its own probability. The layers are rebuilt for every epoch with
-seeds derived from (run seed, epoch), so an epoch's augmented stream is the same
-whether the run was interrupted or not.
+batches, each with its own probability. The layers are built and traced once per run;
+every epoch re-seeds them from (run seed, epoch), so an epoch's augmented stream is the
+same whether the run was interrupted or not.
 
 Independent of bloodcells/shift.py on purpose: training on the exact corruptions the
 shifted validation uses would make that validation meaningless.
@@ -61,6 +61,12 @@ DEFAULTS = {
     "noise_std": 12.0,
     "erasing_prob": 0.0,          # RandomErasing (cutout-style patches)
     "erasing_scale": [0.02, 0.15],
+    "erasing_patches": 1,         # independent erasing steps, each with erasing_prob
+    "solarize_prob": 0.0,         # Solarization: invert pixels above a random threshold
+    "solarize_threshold": [0.5, 1.0],  # threshold range as a fraction of 255
+    "jpeg_prob": 0.0,             # JPEG re-encoding at a random quality
+    "jpeg_quality": [10, 70],
+    "workers": 2,                 # augmentation streams run side by side (the result depends on it)
     "cutmix_prob": 0.0,           # batch level
     "cutmix_alpha": 1.0,
     "mixup_prob": 0.0,            # batch level
@@ -217,21 +223,22 @@ def _custom_layers():
             return (1.0 - blend) * images + blend * permuted
 
     class WithProbability(keras.layers.Layer):
-        """Apply `layer` to each image independently with probability `prob`."""
+        """Apply `layer` to each image independently with probability `prob` x `scale`
+        (`scale` a variable holding the epoch's ramp; None means 1)."""
 
-        def __init__(self, layer, prob, seed=None, **kwargs):
+        def __init__(self, layer, prob, scale=None, seed=None, **kwargs):
             super().__init__(**kwargs)
             self.layer = layer
             self.prob = float(prob)
+            self._scale = scale
             self.generator = keras.random.SeedGenerator(seed)
 
         def call(self, images):
             if self.prob <= 0:
                 return images
             changed = self.layer(images, training=True)
-            if self.prob >= 1:
-                return changed
-            pick = keras.random.uniform((ops.shape(images)[0], 1, 1, 1), seed=self.generator) < self.prob
+            prob = self.prob if self._scale is None else ops.minimum(1.0, self.prob * self._scale)
+            pick = keras.random.uniform((ops.shape(images)[0], 1, 1, 1), seed=self.generator) < prob
             return ops.where(pick, ops.cast(changed, images.dtype), images)
 
     class RandAugmentOneOp(keras.layers.Layer):
@@ -257,48 +264,85 @@ def _custom_layers():
                 images = tf.switch_case(tf.cast(index, tf.int32), branches)
             return images
 
+    class RandomJpeg(keras.layers.Layer):
+        """Re-encode each image as JPEG at a quality drawn in [low, high] (compression
+        blocks and ringing, as in images passed through web uploads and viewers)."""
+
+        def __init__(self, quality=(10, 70), seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.low, self.high = int(quality[0]), int(quality[1])
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images):
+            import tensorflow as tf
+            n = ops.shape(images)[0]
+            quality = keras.random.randint((n,), self.low, self.high + 1, seed=self.generator)
+            pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
+
+            def encode(args):
+                image, q = args
+                return tf.image.adjust_jpeg_quality(image, tf.cast(q, tf.int32))
+
+            out = tf.map_fn(encode, (pixels, quality), fn_output_signature=tf.uint8)
+            return tf.cast(tf.reshape(out, tf.shape(images)), tf.float32)
+
     return (RandomRot90, RandomGaussianNoise, RandomStain, RandomGamma, WithProbability, RandAugmentOneOp,
-            RandomAffine, RandomChannelMix)
+            RandomAffine, RandomChannelMix, RandomJpeg)
 
 
 class Augmenter:
-    """The augmentation for one epoch: `augmenter(images, onehot_labels)` on a float32
-    batch in 0-255 returns the augmented (images, labels). Use inside tf.data.map."""
+    """The training augmentation, built (and traced) once: `augmenter(images,
+    onehot_labels)` on a float32 batch in 0-255 returns the augmented (images, labels).
+    `start_epoch(epoch)` sets the epoch's ramp and re-seeds every random generator from
+    (seed, stream, epoch), so an epoch's draws do not depend on what ran before it."""
 
-    def __init__(self, options: dict, seed: int = 0, epoch: int = 0, num_classes: int = NUM_CLASSES):
+    def __init__(self, options: dict, seed: int = 0, stream: int = 0, num_classes: int = NUM_CLASSES):
+        import tensorflow as tf
+
         self.options = resolve(options)
-        self.epoch = epoch
-        self.num_classes = num_classes
-        self.scale = ramp(self.options, epoch)
+        self.seed, self.stream, self.num_classes = int(seed), int(stream), num_classes
+        self.scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="augment_ramp")
         self._seeds = iter(range(1, 1000))
-        self._base = (seed, epoch)
         self.steps = self._build() if self.options["enabled"] else []
         self.cutmix, self.mixup = self._build_mixing() if self.options["enabled"] else (None, None)
+        self._seed_states = [v for layer in [*self.steps, self.cutmix, self.mixup] if layer is not None
+                             for v in layer.variables if "seed_generator_state" in v.path]
+        if self.options["enabled"]:
+            self._seed_states.append(self._batch_generator.state)
+        self._traced = None
+        self.start_epoch(0)
 
     def _next_seed(self) -> int:
-        return _seed(*self._base, next(self._seeds))
+        return _seed(self.seed, self.stream, next(self._seeds))
 
-    def _p(self, name) -> float:
-        return min(1.0, float(self.options[name]) * self.scale)
+    def start_epoch(self, epoch: int) -> None:
+        self.scale.assign(ramp(self.options, epoch))
+        for k, state in enumerate(self._seed_states):
+            state.assign(np.array([_seed(self.seed, self.stream, epoch, k), 0], dtype=state.dtype))
+
+    def _p(self, name):
+        """The epoch's probability for option `name` (a tensor: base x ramp, at most 1)."""
+        import tensorflow as tf
+        return tf.minimum(1.0, float(self.options[name]) * self.scale)
 
     def _build(self):
         keras = _keras()
         L = keras.layers
-        Rot90, Noise, Stain, Gamma, WithProb, RandAug, Affine, ChannelMix = _custom_layers()
+        Rot90, Noise, Stain, Gamma, WithProb, RandAug, Affine, ChannelMix, Jpeg = _custom_layers()
         o = self.options
         steps = []
 
-        def add(layer, prob):
-            if prob > 0:
-                steps.append(WithProb(layer, prob, seed=self._next_seed()))
+        def add(make_layer, name):
+            if float(o[name]) > 0:
+                steps.append(WithProb(make_layer(), float(o[name]), self.scale, seed=self._next_seed()))
 
         if o["flip"]:
             steps.append(L.RandomFlip("horizontal_and_vertical", seed=self._next_seed()))
         if o["rot90"]:
             steps.append(Rot90(seed=self._next_seed()))
         if o["rotation"] or o["translation"] or o["zoom"]:
-            add(Affine(o["rotation"], o["zoom"], o["translation"], fill_mode=o["fill_mode"],
-                       seed=self._next_seed()), self._p("geometry_prob"))
+            add(lambda: Affine(o["rotation"], o["zoom"], o["translation"], fill_mode=o["fill_mode"],
+                       seed=self._next_seed()), "geometry_prob")
         jitter = {k: o[k] for k in ("brightness", "contrast", "saturation", "hue") if o[k]}
         if jitter:
             args = {}
@@ -311,30 +355,27 @@ class Augmenter:
                 args["saturation_factor"] = (0.5 - o["saturation"] / 2, 0.5 + o["saturation"] / 2)
             if "hue" in jitter:
                 args["hue_factor"] = o["hue"]
-            add(L.RandomColorJitter(value_range=(0, 255), seed=self._next_seed(), **args), self._p("color_prob"))
+            add(lambda: L.RandomColorJitter(value_range=(0, 255), seed=self._next_seed(), **args), "color_prob")
         if o["stain"]:
-            add(Stain(o["stain"], seed=self._next_seed()), self._p("stain_prob"))
+            add(lambda: Stain(o["stain"], seed=self._next_seed()), "stain_prob")
         if o["gamma"]:
-            add(Gamma(o["gamma"], seed=self._next_seed()), self._p("gamma_prob"))
-        if o["grayscale_prob"]:
-            add(L.RandomGrayscale(factor=1.0, seed=self._next_seed()), self._p("grayscale_prob"))
-        if o["channel_mix_prob"]:
-            add(ChannelMix(o["channel_mix"], seed=self._next_seed()), self._p("channel_mix_prob"))
-        if o["randaugment_prob"]:
-            add(RandAug(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
-                        seed=self._next_seed()),
-                self._p("randaugment_prob"))
+            add(lambda: Gamma(o["gamma"], seed=self._next_seed()), "gamma_prob")
+        add(lambda: L.RandomGrayscale(factor=1.0, seed=self._next_seed()), "grayscale_prob")
+        add(lambda: ChannelMix(o["channel_mix"], seed=self._next_seed()), "channel_mix_prob")
+        add(lambda: RandAug(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
+                    seed=self._next_seed()), "randaugment_prob")
         if o["augmix_prob"]:
-            add(L.AugMix(value_range=(0, 255), factor=float(o["augmix_severity"]), seed=self._next_seed()),
-                self._p("augmix_prob"))
-        if o["blur_prob"]:
-            add(L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
-                                     value_range=(0, 255), seed=self._next_seed()), self._p("blur_prob"))
-        if o["noise_prob"]:
-            add(Noise(o["noise_std"], seed=self._next_seed()), self._p("noise_prob"))
-        if o["erasing_prob"]:
-            add(L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
-                                seed=self._next_seed()), self._p("erasing_prob"))
+            add(lambda: L.AugMix(value_range=(0, 255), factor=float(o["augmix_severity"]), seed=self._next_seed()),
+                "augmix_prob")
+        add(lambda: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
+                                 value_range=(0, 255), seed=self._next_seed()), "blur_prob")
+        add(lambda: Noise(o["noise_std"], seed=self._next_seed()), "noise_prob")
+        add(lambda: L.Solarization(threshold_factor=tuple(o["solarize_threshold"]), value_range=(0, 255),
+                           seed=self._next_seed()), "solarize_prob")
+        add(lambda: Jpeg(tuple(o["jpeg_quality"]), seed=self._next_seed()), "jpeg_prob")
+        for _ in range(int(o["erasing_patches"])):
+            add(lambda: L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
+                                seed=self._next_seed()), "erasing_prob")
         return steps
 
     def _build_mixing(self):
@@ -386,52 +427,95 @@ class Augmenter:
             return tf.cond(draw < p_cut, cut, keep)
         return tf.cond(draw < p_mix, mix, keep)
 
+    def traced(self, image_shape):
+        """`__call__` as one tf.function, traced on first use and reused by every epoch's
+        dataset (tracing the Keras layers costs seconds; doing it once per run saves that
+        on every epoch)."""
+        import tensorflow as tf
+
+        if self._traced is None:
+            # AugMix picks its chain's operations with Python's `random` while tracing.
+            random.seed(_seed(self.seed, self.stream, 1))
+            self._traced = tf.function(self.__call__, input_signature=(
+                tf.TensorSpec((None, *image_shape), tf.float32), tf.TensorSpec((None, self.num_classes), tf.float32)))
+        return self._traced
+
+
+class TrainingStream:
+    """The augmented training stream of a run, epoch by epoch.
+
+    `workers` augmenters run side by side, each on every workers-th batch with its own
+    random generators; batches come out in order. The stream depends on (images, seed,
+    workers, epoch, order), never on timing or on the epochs before."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
+                 batch_size: int = 32, num_classes: int = NUM_CLASSES):
+        self.images, self.labels = images, labels
+        self.options = resolve(options)
+        self.batch_size, self.num_classes = int(batch_size), num_classes
+        self.workers = max(1, int(self.options["workers"]))
+        self.augmenters = [Augmenter(self.options, seed=seed, stream=k, num_classes=num_classes)
+                           for k in range(self.workers)]
+        self.seed = seed
+
+    def epoch(self, epoch: int, order: np.ndarray | None = None, weights: np.ndarray | None = None):
+        """One epoch as a tf.data.Dataset of (float32 images 0-255, one-hot float32
+        labels[, sample weights]). `order` is the epoch's index order (default: a
+        permutation seeded by seed and epoch)."""
+        import tensorflow as tf
+
+        if order is None:
+            order = np.random.default_rng(_seed(self.seed, epoch, 0)).permutation(len(self.labels))
+        onehot = np.eye(self.num_classes, dtype=np.float32)[self.labels[order]]
+        tensors = (self.images[order], onehot) if weights is None else (
+            self.images[order], onehot, weights[order].astype(np.float32))
+        batches = tf.data.Dataset.from_tensor_slices(tensors).batch(self.batch_size)
+        n_batches = -(-len(order) // self.batch_size)
+        parts = []
+        for k, augmenter in enumerate(self.augmenters):
+            augmenter.start_epoch(epoch)
+            function = augmenter.traced(self.images.shape[1:])
+
+            def apply(x, y, *w, function=function):
+                x, y = function(tf.cast(x, tf.float32), y)
+                return (x, y, *w)
+
+            # Sequential within a worker keeps its random draws in order; the prefetch
+            # lets the workers run side by side.
+            parts.append(batches.shard(self.workers, k).map(apply).prefetch(2))
+        if len(parts) == 1:
+            return parts[0]
+        choice = tf.data.Dataset.range(n_batches).map(lambda i: i % self.workers)
+        return tf.data.Dataset.choose_from_datasets(parts, choice).prefetch(2)
+
 
 def augmented_dataset(images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
                       epoch: int = 0, batch_size: int = 32, weights: np.ndarray | None = None,
                       num_classes: int = NUM_CLASSES, order: np.ndarray | None = None):
-    """One epoch of the augmented training stream as a tf.data.Dataset of
-    (float32 images 0-255, one-hot float32 labels[, sample weights]).
-
-    `order` is the epoch's index order (default: a permutation seeded by seed and
-    epoch). The augmentation map runs sequentially so its random draws, and so the
-    epoch's batches, are reproducible; prefetching overlaps it with training."""
-    import tensorflow as tf
-
-    if order is None:
-        order = np.random.default_rng(_seed(seed, epoch, 0)).permutation(len(labels))
-    onehot = np.eye(num_classes, dtype=np.float32)[labels[order]]
-    tensors = (images[order], onehot) if weights is None else (images[order], onehot,
-                                                                 weights[order].astype(np.float32))
-    ds = tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
-    augmenter = Augmenter(options, seed=seed, epoch=epoch, num_classes=num_classes)
-
-    def apply(x, y, *w):
-        x, y = augmenter(tf.cast(x, tf.float32), y)
-        return (x, y, *w)
-
-    # AugMix picks its chain's operations with Python's `random` while tracing.
-    random.seed(_seed(seed, epoch, 1))
-    ds = ds.map(apply)
-    return ds.prefetch(2)
+    """One epoch of a new TrainingStream (see there); for a whole run, keep one stream
+    and call its `epoch` so the augmentation is traced once."""
+    stream = TrainingStream(images, labels, options, seed=seed, batch_size=batch_size, num_classes=num_classes)
+    return stream.epoch(epoch, order=order, weights=weights)
 
 
-def sample_batch(images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0, epoch: int = 0,
-                 n: int = 40, num_classes: int = NUM_CLASSES):
-    """The first augmented batch of an epoch (for the augmentation grid): uint8 images
-    and soft labels."""
-    ds = augmented_dataset(images, labels, options, seed=seed, epoch=epoch, batch_size=min(n, len(labels)),
-                           num_classes=num_classes)
-    x, y = next(iter(ds))[:2]
-    return np.clip(np.rint(np.asarray(x)), 0, 255).astype(np.uint8), np.asarray(y)
+def sample_batch(stream: TrainingStream, epoch: int = 0, n: int = 40):
+    """The first n augmented images of an epoch (for the augmentation grid): uint8
+    images and soft labels."""
+    xs, ys = [], []
+    for batch in stream.epoch(epoch):
+        xs.append(np.asarray(batch[0]))
+        ys.append(np.asarray(batch[1]))
+        if sum(len(x) for x in xs) >= n:
+            break
+    x, y = np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8), y
 
 
-def save_augmentation_grid(path, images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
-                           epoch: int = 0, n: int = 40) -> None:
+def save_augmentation_grid(path, stream: TrainingStream, *, epoch: int = 0, n: int = 40) -> None:
     """PNG grid of augmented training samples with their (possibly mixed) labels."""
     from .report import SHORT_NAMES, save_image_grid
 
-    x, y = sample_batch(images, labels, options, seed=seed, epoch=epoch, n=n)
+    x, y = sample_batch(stream, epoch=epoch, n=n)
     titles = []
     for row in y:
         top = np.argsort(row)[::-1][:2]

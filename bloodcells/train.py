@@ -362,9 +362,7 @@ class Trainer:
         if cap:
             order = order[: cap * int(t["batch_size"])]
         weights = class_weights(self.train.labels)[self.train.labels] if self.cfg["data"]["imbalance"] == "class_weights" else None
-        return augment_mod.augmented_dataset(self.train.images, self.train.labels, self.cfg["augment"],
-                                             seed=self.seed, epoch=epoch, batch_size=int(t["batch_size"]),
-                                             weights=weights, order=order)
+        return self.augmentation.epoch(epoch, order=order, weights=weights)
 
     def setup_phase(self, phase: str):
         from . import models
@@ -411,8 +409,9 @@ class Trainer:
                     "val_images": len(self.val), "versions": package_versions(),
                     "command": " ".join(sys.argv)}
         write_json_atomic(self.out / ("config.json" if not self.resume else "config_resume.json"), run_info)
-        augment_mod.save_augmentation_grid(self.out / "augmentation.png", self.train.images, self.train.labels,
-                                           cfg["augment"], seed=self.seed, epoch=0)
+        self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
+                                                       seed=self.seed, batch_size=int(t["batch_size"]))
+        augment_mod.save_augmentation_grid(self.out / "augmentation.png", self.augmentation, epoch=0)
 
         phases = self.phases()
         if not phases:

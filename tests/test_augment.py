@@ -36,6 +36,9 @@ SINGLE = {
     "blur": {"blur_prob": 1.0, "blur_sigma": 2.0},
     "noise": {"noise_prob": 1.0, "noise_std": 20.0},
     "erasing": {"erasing_prob": 1.0, "erasing_scale": [0.1, 0.2]},
+    "erasing x2": {"erasing_prob": 1.0, "erasing_scale": [0.05, 0.1], "erasing_patches": 2},
+    "solarize": {"solarize_prob": 1.0, "solarize_threshold": [0.0, 0.5]},
+    "jpeg": {"jpeg_prob": 1.0, "jpeg_quality": [5, 10]},
 }
 
 
@@ -117,5 +120,42 @@ def test_unknown_option_is_rejected():
 def test_augmentation_grid_png(tmp_path, batch):
     images, labels = batch
     path = tmp_path / "grid.png"
-    augment.save_augmentation_grid(path, images, labels, {"cutmix_prob": 0.5}, n=6)
+    stream = augment.TrainingStream(images, labels, {"cutmix_prob": 0.5}, batch_size=4)
+    augment.save_augmentation_grid(path, stream, n=6)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _epoch(stream, epoch):
+    batches = [(np.asarray(x), np.asarray(y)) for x, y in stream.epoch(epoch)]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_epoch_does_not_depend_on_the_epochs_run_before_it(batch, workers):
+    """One stream (traced once) re-seeds per epoch: epoch 2 after epochs 0, 1 and a
+    grid equals epoch 2 of a fresh stream, as a resumed run needs."""
+    images, labels = batch
+    opts = {**SINGLE["geometry"], **SINGLE["noise"], **SINGLE["randaugment"], "cutmix_prob": 0.5,
+            "mixup_prob": 0.5, "workers": workers}
+    used = augment.TrainingStream(images, labels, opts, seed=4, batch_size=2)
+    augment.sample_batch(used, epoch=0, n=3)
+    first = [_epoch(used, e) for e in range(3)]
+    fresh = _epoch(augment.TrainingStream(images, labels, opts, seed=4, batch_size=2), 2)
+    np.testing.assert_array_equal(first[2][0], fresh[0])
+    np.testing.assert_array_equal(first[2][1], fresh[1])
+    assert not np.array_equal(first[1][0], first[2][0])
+    assert len(used.augmenters) == workers
+    # traced once for the whole run, not once per epoch
+    assert all(a.traced(images.shape[1:]).experimental_get_tracing_count() == 1 for a in used.augmenters)
+
+
+def test_ramp_takes_effect_in_a_traced_stream():
+    images = np.full((200, 96, 96, 3), 128, np.uint8)
+    labels = np.zeros(200, np.int64)
+    stream = augment.TrainingStream(images, labels, {**OFF, "noise_prob": 1.0, "noise_std": 30.0,
+                                                     "ramp_epochs": 4, "ramp_start": 0.25}, batch_size=50)
+    fractions = []
+    for epoch in (0, 4):
+        x, _ = _epoch(stream, epoch)
+        fractions.append((np.abs(x - 128).reshape(200, -1).max(axis=1) > 0).mean())
+    assert 0.1 < fractions[0] < 0.4 and fractions[1] == 1.0
