@@ -59,6 +59,25 @@ class CaffePreprocess(keras.layers.Layer):
         return x[..., ::-1] - mean
 
 
+class ImageStandardization(keras.layers.Layer):
+    """Per image: subtract the mean pixel value and divide by the standard deviation,
+    taken over all pixels and channels ("image") or per channel ("channel"). Brightness
+    and contrast changes (and, per channel, colour casts) cancel out before the network."""
+
+    def __init__(self, per_channel=False, **kwargs):
+        super().__init__(**kwargs)
+        self.per_channel = bool(per_channel)
+
+    def call(self, x):
+        axes = (1, 2) if self.per_channel else (1, 2, 3)
+        mean = keras.ops.mean(x, axis=axes, keepdims=True)
+        variance = keras.ops.var(x, axis=axes, keepdims=True)
+        return (x - mean) / keras.ops.sqrt(variance + 1e-4)
+
+    def get_config(self):
+        return {**super().get_config(), "per_channel": self.per_channel}
+
+
 def _preprocess(x, mode):
     if mode == "tf":  # [-1, 1]
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(x)
@@ -131,6 +150,11 @@ def build_network(spec, backbone_weights=None):
         x = keras.layers.Resizing(int(resize_to), int(resize_to), name="resize")(x)
     x = _preprocess(x, mode)
     if constructor is None:
+        norm = options.get("input_norm", "none")
+        if norm not in ("none", "image", "channel"):
+            raise ValueError(f"unknown input_norm '{norm}'; expected none, image or channel")
+        if norm != "none":
+            x = ImageStandardization(per_channel=norm == "channel", name="standardize")(x)
         x = _small_cnn(x, options)
     else:
         side = int(resize_to or size)

@@ -45,6 +45,19 @@ def test_small_cnn_builds_with_stable_layer_names(residual):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["image", "channel"])
+def test_input_standardization_cancels_brightness_and_contrast(norm):
+    spec = models.make_spec({**TINY, "backbone_options": {**TINY["backbone_options"], "input_norm": norm}})
+    net = models.build(spec, "none")
+    x = _images(2) * 0.5 + 40  # pixels in 40-168
+    scale = np.array([1.4, 0.8, 1.2] if norm == "channel" else [1.4], np.float32)
+    shifted = x * scale - 30  # contrast x scale, brightness -30: still within 0-255
+    np.testing.assert_allclose(net.predict(shifted, verbose=0), net.predict(x, verbose=0), atol=1e-4)
+    plain = models.build(models.make_spec(TINY), "none")
+    assert "standardize" in [layer.name for layer in net.layers]
+    assert "standardize" not in [layer.name for layer in plain.layers]
+
+
 def test_every_backbone_name_maps_to_a_keras_application():
     import keras
 
