@@ -123,7 +123,11 @@ def _small_cnn(x, options):
             y = conv_bn(x, width, stride, f"{name}_a")
             y = conv_bn(y, width, 1, f"{name}_b", relu=False)
             if stride != 1 or shortcut.shape[-1] != width:
-                shortcut = L.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{name}_proj")(shortcut)
+                if stride != 1:
+                    # = the 1x1 conv's own stride, but TF 2.21's oneDNN kernel for a strided
+                    # 1x1 conv corrupts the heap in training; same weights, same output.
+                    shortcut = L.MaxPooling2D(1, strides=stride, name=f"{name}_subsample")(shortcut)
+                shortcut = L.Conv2D(width, 1, use_bias=False, name=f"{name}_proj")(shortcut)
                 shortcut = L.BatchNormalization(momentum=momentum, name=f"{name}_proj_bn")(shortcut)
             x = L.Add(name=f"{name}_add")([shortcut, y])
             x = L.Activation("relu", name=f"{name}_out")(x)

@@ -7,13 +7,6 @@ partial unfreezing for fine-tuning, and exporting the best model in the
 
 from __future__ import annotations
 
-import os
-
-# TensorFlow 2.21's oneDNN graph rewrites corrupt the heap (segfault / free(): invalid
-# size) when training the residual small CNN on some batch shapes; plain Eigen kernels
-# are safe. Set TF_ENABLE_ONEDNN_OPTS=1 before importing to opt back in.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
 import importlib.util
 import json
 import os

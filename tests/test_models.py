@@ -173,3 +173,44 @@ def test_b7_reference_config_builds_and_trains_one_step():
     history = net.fit(_images(2), y, batch_size=2, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert not np.array_equal(before, net.get_layer("logits").get_weights()[0])
+
+
+def test_subsampled_shortcut_equals_a_strided_1x1_convolution():
+    """The residual shortcut subsamples then convolves (TF 2.21's oneDNN strided 1x1 conv
+    corrupts memory in training); the output must be that of the strided conv."""
+    import keras
+
+    x = _images(2)[:, :25, :25, :] / 255.0  # odd side: 'same' padding must agree too
+    strided = keras.layers.Conv2D(6, 1, strides=2, padding="same", use_bias=False)
+    expected = strided(x)
+    plain = keras.layers.Conv2D(6, 1, use_bias=False)
+    plain.build((None, 13, 13, 3))
+    plain.set_weights(strided.get_weights())
+    got = plain(keras.layers.MaxPooling2D(1, strides=2)(x))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-6)
+
+
+def test_residual_cnn_trains_with_onednn_on_small_batches(tmp_path):
+    """Regression: with a strided 1x1 conv, this crashed with heap corruption."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_small.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from bloodcells import models\n"
+        "spec = models.make_spec({'backbone': 'small_cnn', 'head': {'dense_units': 8},\n"
+        "    'backbone_options': {'widths': [4, 8], 'residual': True, 'stem_stride': 2}})\n"
+        "net = models.build(spec, 'none')\n"
+        "net.compile(optimizer='adam', loss='categorical_crossentropy')\n"
+        "rng = np.random.default_rng(0)\n"
+        "for batch in (2, 3, 6):\n"
+        "    x = rng.integers(0, 256, (2 * batch + 1, 96, 96, 3)).astype('float32')\n"
+        "    y = np.eye(8, dtype='float32')[rng.integers(0, 8, len(x))]\n"
+        "    net.fit(x, y, batch_size=batch, epochs=2, verbose=0)\n"
+        "print('trained')\n")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(Path(models.__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-800:]
