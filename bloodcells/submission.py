@@ -125,11 +125,16 @@ def export_untrained(folder, seed: int = 0, logit_scale: float = 1.0, **override
     return export(net, spec, folder)
 
 
+TINY_BACKBONE = {"residual": True, "stem_stride": 2, "input_norm": "image"}
+
+
 def export_tiny(folder, seed: int = 0, **overrides) -> Path:
     """An untrained tiny small_cnn export (~80 kB, logits scaled up so its probabilities
     are far from uniform): fast enough for tests and CI."""
     overrides.setdefault("logit_scale", 20.0)
-    overrides.setdefault("backbone_options", {"widths": [8, 16]})
+    # the CPU recipe's layers in miniature (residual blocks, subsampling shortcut, input
+    # standardisation), so server checks exercise what configs/cpu.toml ships
+    overrides.setdefault("backbone_options", dict(TINY_BACKBONE, widths=[8, 16]))
     overrides.setdefault("head", {"dense_units": 16, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"})
     return export_untrained(folder, seed=seed, **overrides)
 
@@ -692,7 +697,8 @@ def export_main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.backbone == "small_cnn":
-        folder = export_tiny(args.out, seed=args.seed, name=args.name, backbone_options={"widths": args.widths})
+        folder = export_tiny(args.out, seed=args.seed, name=args.name,
+                             backbone_options=dict(TINY_BACKBONE, widths=args.widths))
     else:
         folder = export_untrained(args.out, seed=args.seed, name=args.name, backbone=args.backbone)
     print(folder)
