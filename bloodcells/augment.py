@@ -114,11 +114,12 @@ def _custom_layers():
 
         def call(self, images):
             k = keras.random.randint((ops.shape(images)[0],), 0, 4, seed=self.generator)
-            r1 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)  # 90 degrees
-            r2 = ops.flip(ops.flip(images, axis=1), axis=2)
-            r3 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=1)
             k = ops.reshape(k, (-1, 1, 1, 1))
-            return ops.where(k == 0, images, ops.where(k == 1, r1, ops.where(k == 2, r2, r3)))
+            # k x 90 degrees as transpose (k odd), then flips of rows (k = 2, 3) and of
+            # columns (k = 1, 2): three passes over the batch instead of three rotated copies
+            x = ops.where(k % 2 == 1, ops.transpose(images, (0, 2, 1, 3)), images)
+            x = ops.where(k >= 2, ops.flip(x, axis=1), x)
+            return ops.where((k == 1) | (k == 2), ops.flip(x, axis=2), x)
 
     class RandomGaussianNoise(keras.layers.Layer):
         """Additive Gaussian noise, std drawn per image in [0, max_std] (0-255 scale)."""

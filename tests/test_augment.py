@@ -157,3 +157,16 @@ def test_ramp_takes_effect_in_a_traced_stream():
         x, _ = _epoch(stream, epoch)
         fractions.append((np.abs(x - 128).reshape(200, -1).max(axis=1) > 0).mean())
     assert 0.1 < fractions[0] < 0.4 and fractions[1] == 1.0
+
+
+def test_rot90_gives_exact_quarter_turns_of_every_kind():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 5, 5, 3)).astype(np.uint8)
+    x = np.asarray(next(iter(augment.augmented_dataset(images, np.zeros(64, np.int64), {"flip": False, "rot90": True},
+                                                       batch_size=64, order=np.arange(64))))[0])
+    turns = []
+    for original, out in zip(images, x):
+        matches = [k for k in range(4) if np.array_equal(np.rot90(original, k, axes=(0, 1)), out)]
+        assert len(matches) == 1
+        turns.append(matches[0])
+    assert set(turns) == {0, 1, 2, 3}
