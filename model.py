@@ -59,6 +59,9 @@ class CaffePreprocess(keras.layers.Layer):
         return x[..., ::-1] - mean
 
 
+INPUT_NORMS = ("none", "image", "channel")  # small_cnn's backbone_options.input_norm
+
+
 class ImageStandardization(keras.layers.Layer):
     """Per image: subtract the mean pixel value and divide by the standard deviation,
     taken over all pixels and channels ("image") or per channel ("channel"). Brightness
@@ -155,8 +158,8 @@ def build_network(spec, backbone_weights=None):
     x = _preprocess(x, mode)
     if constructor is None:
         norm = options.get("input_norm", "none")
-        if norm not in ("none", "image", "channel"):
-            raise ValueError(f"unknown input_norm '{norm}'; expected none, image or channel")
+        if norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm '{norm}'; expected one of {INPUT_NORMS}")
         if norm != "none":
             x = ImageStandardization(per_channel=norm == "channel", name="standardize")(x)
         x = _small_cnn(x, options)

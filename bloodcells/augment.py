@@ -217,23 +217,19 @@ def _custom_layers():
             return (1.0 - blend) * images + blend * permuted
 
     class WithProbability(keras.layers.Layer):
-        """Apply `layer` to each image independently with probability `prob` x `scale`
-        (`scale` a variable holding the epoch's ramp; None means 1)."""
+        """Apply `layer` to each image independently with probability `probability()`
+        (a callable, read at every call: the Augmenter's ramped probability)."""
 
-        def __init__(self, layer, prob, scale=None, seed=None, **kwargs):
+        def __init__(self, layer, probability, seed=None, **kwargs):
             super().__init__(**kwargs)
             self.layer = layer
-            self.prob = float(prob)
-            self._scale = scale
+            self.probability = probability
             self.generator = keras.random.SeedGenerator(seed)
 
         def call(self, images):
             import tensorflow as tf
 
-            if self.prob <= 0:
-                return images
-            prob = self.prob if self._scale is None else ops.minimum(1.0, self.prob * self._scale)
-            pick = keras.random.uniform((ops.shape(images)[0],), seed=self.generator) < prob
+            pick = keras.random.uniform((ops.shape(images)[0],), seed=self.generator) < self.probability()
             chosen = tf.where(pick)[:, 0]
 
             # Only the chosen images go through the layer: at probability 0.1 that is a
@@ -337,7 +333,7 @@ class Augmenter:
 
         def add(make_layer, name):
             if float(o[name]) > 0:
-                steps.append(WithProb(make_layer(), float(o[name]), self.scale, seed=self._next_seed()))
+                steps.append(WithProb(make_layer(), lambda: self._p(name), seed=self._next_seed()))
 
         if o["flip"]:
             steps.append(L.RandomFlip("horizontal_and_vertical", seed=self._next_seed()))
@@ -345,7 +341,7 @@ class Augmenter:
             steps.append(Rot90(seed=self._next_seed()))
         if o["rotation"] or o["translation"] or o["zoom"]:
             add(lambda: Affine(o["rotation"], o["zoom"], o["translation"], fill_mode=o["fill_mode"],
-                       seed=self._next_seed()), "geometry_prob")
+                               seed=self._next_seed()), "geometry_prob")
         jitter = {k: o[k] for k in ("brightness", "contrast", "saturation", "hue") if o[k]}
         if jitter:
             args = {}
@@ -366,19 +362,18 @@ class Augmenter:
         add(lambda: L.RandomGrayscale(factor=1.0, seed=self._next_seed()), "grayscale_prob")
         add(lambda: ChannelMix(o["channel_mix"], seed=self._next_seed()), "channel_mix_prob")
         add(lambda: RandAug(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
-                    seed=self._next_seed()), "randaugment_prob")
-        if o["augmix_prob"]:
-            add(lambda: L.AugMix(value_range=(0, 255), factor=float(o["augmix_severity"]), seed=self._next_seed()),
-                "augmix_prob")
+                            seed=self._next_seed()), "randaugment_prob")
+        add(lambda: L.AugMix(value_range=(0, 255), factor=float(o["augmix_severity"]), seed=self._next_seed()),
+            "augmix_prob")
         add(lambda: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
-                                 value_range=(0, 255), seed=self._next_seed()), "blur_prob")
+                                         value_range=(0, 255), seed=self._next_seed()), "blur_prob")
         add(lambda: Noise(o["noise_std"], seed=self._next_seed()), "noise_prob")
         add(lambda: L.Solarization(threshold_factor=tuple(o["solarize_threshold"]), value_range=(0, 255),
-                           seed=self._next_seed()), "solarize_prob")
+                                   seed=self._next_seed()), "solarize_prob")
         add(lambda: Jpeg(tuple(o["jpeg_quality"]), seed=self._next_seed()), "jpeg_prob")
         for _ in range(int(o["erasing_patches"])):
             add(lambda: L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
-                                seed=self._next_seed()), "erasing_prob")
+                                        seed=self._next_seed()), "erasing_prob")
         return steps
 
     def _build_mixing(self):
@@ -452,9 +447,8 @@ class TrainingStream:
     def __init__(self, images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
                  batch_size: int = 32, num_classes: int = NUM_CLASSES):
         self.images, self.labels = images, labels
-        self.options = resolve(options)
         self.batch_size, self.num_classes, self.seed = int(batch_size), num_classes, seed
-        self.augmenter = Augmenter(self.options, seed=seed, num_classes=num_classes)
+        self.augmenter = Augmenter(options, seed=seed, num_classes=num_classes)
 
     def epoch(self, epoch: int, order: np.ndarray | None = None, weights: np.ndarray | None = None):
         """One epoch as a tf.data.Dataset of (float32 images 0-255, one-hot float32

@@ -47,6 +47,10 @@ def make_spec(model_cfg: dict, name: str = "model", source_run: str = "") -> dic
     backbone = str(model_cfg.get("backbone", "efficientnetb7")).lower()
     if backbone not in shipped_model_module().BACKBONES:
         raise UserError(f"config: model.backbone: unknown '{backbone}'; expected one of {backbone_names()}")
+    norms = shipped_model_module().INPUT_NORMS
+    norm = model_cfg.get("backbone_options", {}).get("input_norm", "none")
+    if norm not in norms:
+        raise UserError(f"config: model.backbone_options.input_norm: unknown '{norm}'; expected one of {norms}")
     head = {**HEAD_DEFAULTS, **model_cfg.get("head", {})}
     tta = {**TTA_DEFAULTS, **model_cfg.get("tta", {})}
     resize = model_cfg.get("resize_to") or None

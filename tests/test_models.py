@@ -31,6 +31,8 @@ def test_spec_follows_contract_1():
     assert set(spec["tta"]) == {"views", "merge", "mode"}
     with pytest.raises(UserError, match="model.backbone"):
         models.make_spec({"backbone": "vgg99"})
+    with pytest.raises(UserError, match="model.backbone_options.input_norm: unknown 'imag'"):
+        models.make_spec({**TINY, "backbone_options": {"input_norm": "imag"}})
 
 
 @pytest.mark.parametrize("residual", [False, True])
