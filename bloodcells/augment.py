@@ -14,6 +14,7 @@ shifted validation uses would make that validation meaningless.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 
@@ -240,27 +241,33 @@ def _custom_layers():
 
             return tf.cond(tf.size(chosen) > 0, apply, lambda: images)
 
-    class RandAugmentOneOp(keras.layers.Layer):
-        """keras.layers.RandAugment's operations and magnitudes, but only the chosen
-        operation is computed: Keras' own layer computes all of its ~14 operations for
-        every one of `num_ops` steps and keeps one, which starves the training loop on
-        a CPU. Same op set, same `factor`; one op per step per batch, as Keras does."""
+    class LazyRandAugment(keras.layers.Layer):
+        """keras.layers.RandAugment, computing only the chosen operations: Keras' layer
+        draws every operation's parameters and the `num_ops` choices, then computes all
+        ~11 operations at every step and keeps one, which starves a CPU training loop.
+        This draws the same (with Keras' own `get_random_transformation`) and computes
+        only the chosen operation per step: the output equals Keras' for the same seed."""
 
         def __init__(self, num_ops=2, factor=0.5, seed=None, **kwargs):
             super().__init__(**kwargs)
             self.reference = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops,
                                                       factor=factor, seed=seed)
-            self.num_ops = int(num_ops)
-            self.generator = keras.random.SeedGenerator(seed)
+
+        def build(self, input_shape):
+            self.reference.build(input_shape)
 
         def call(self, images):
             import tensorflow as tf
-            names = list(self.reference._AUGMENT_LAYERS)
-            ops_ = [getattr(self.reference, name) for name in names]
-            for _ in range(self.num_ops):
-                index = keras.random.randint((), 0, len(ops_), seed=self.generator)
-                branches = [(lambda op=op, x=images: tf.cast(op(x, training=True), tf.float32)) for op in ops_]
-                images = tf.switch_case(tf.cast(index, tf.int32), branches)
+            reference = self.reference
+            transformation = reference.get_random_transformation(images, training=True)
+            chosen = tf.cast(transformation["layer_idxes"], tf.int32)
+            transforms = transformation["transforms"]  # ordered as reference._AUGMENT_LAYERS
+            for step in range(reference.num_ops):
+                # branches hold no random draws (those are above): a switch over branches
+                # with generator variables costs several ms even for untaken branches
+                branches = [(lambda name=name, x=images: tf.cast(getattr(reference, name).transform_images(
+                    x, transforms[name], training=True), tf.float32)) for name in transforms]
+                images = tf.switch_case(chosen[step], branches)
             return images
 
     class RandomJpeg(keras.layers.Layer):
@@ -285,7 +292,7 @@ def _custom_layers():
             out = tf.map_fn(encode, (pixels, quality), fn_output_signature=tf.uint8)
             return tf.cast(tf.reshape(out, tf.shape(images)), tf.float32)
 
-    return (RandomRot90, RandomGaussianNoise, RandomStain, RandomGamma, WithProbability, RandAugmentOneOp,
+    return (RandomRot90, RandomGaussianNoise, RandomStain, RandomGamma, WithProbability, LazyRandAugment,
             RandomAffine, RandomChannelMix, RandomJpeg)
 
 
@@ -314,10 +321,22 @@ class Augmenter:
     def _next_seed(self) -> int:
         return _seed(self.seed, next(self._seeds))
 
+    def epoch_state(self, epoch: int):
+        """The epoch's (ramp multiplier, one seed per random generator): everything the
+        stream's randomness depends on besides the data order."""
+        seeds = np.array([_seed(self.seed, epoch, k) for k in range(len(self._seed_states))], np.int64)
+        return np.float32(ramp(self.options, epoch)), seeds
+
     def start_epoch(self, epoch: int) -> None:
-        self.scale.assign(ramp(self.options, epoch))
+        """Set the epoch's state from Python (the traced stream sets it in-graph)."""
+        scale, seeds = self.epoch_state(epoch)
+        self._assign_epoch_state(scale, seeds)
+
+    def _assign_epoch_state(self, scale, seeds):
+        import tensorflow as tf
+        self.scale.assign(scale)
         for k, state in enumerate(self._seed_states):
-            state.assign(np.array([_seed(self.seed, epoch, k), 0], dtype=state.dtype))
+            state.assign(tf.stack([tf.cast(seeds[k], state.dtype), tf.constant(0, state.dtype)]))
 
     def _p(self, name):
         """The epoch's probability for option `name` (a tensor: base x ramp, at most 1)."""
@@ -425,75 +444,117 @@ class Augmenter:
             return tf.cond(draw < p_cut, cut, keep)
         return tf.cond(draw < p_mix, mix, keep)
 
-    def traced(self, image_shape):
-        """`__call__` as one tf.function, traced on first use and reused by every epoch's
-        dataset (tracing the Keras layers costs seconds; doing it once per run saves that
-        on every epoch)."""
+    def traced(self, image_shape, dtype="uint8"):
+        """The augmentation as one tf.function of (images, one-hot labels, first, ramp,
+        seeds), traced on first use and reused by every dataset of the run (tracing the
+        Keras layers costs seconds). When `first` is true (an epoch's first batch) it
+        first sets the epoch's ramp and generator seeds (`epoch_state`), in-graph, so
+        one pipeline can run many epochs and prefetch across their boundaries."""
         import tensorflow as tf
 
         if self._traced is None:
             # AugMix picks its chain's operations with Python's `random` while tracing.
             random.seed(_seed(self.seed, 1))
-            self._traced = tf.function(self.__call__, input_signature=(
-                tf.TensorSpec((None, *image_shape), tf.float32), tf.TensorSpec((None, self.num_classes), tf.float32)))
+
+            def augment_batch(images, labels, first, scale, seeds):
+                def set_state():
+                    self._assign_epoch_state(scale, seeds)
+                    return tf.constant(True)
+
+                # the random layers read the states after this (automatic control
+                # dependencies order the ops on the same variables)
+                tf.cond(first, set_state, lambda: tf.constant(False))
+                return self(tf.cast(images, tf.float32), labels)
+
+            self._traced = tf.function(augment_batch, input_signature=(
+                tf.TensorSpec((None, *image_shape), tf.as_dtype(dtype)),
+                tf.TensorSpec((None, self.num_classes), tf.float32), tf.TensorSpec((), tf.bool),
+                tf.TensorSpec((), tf.float32), tf.TensorSpec((len(self._seed_states),), tf.int64)))
         return self._traced
 
 
 class TrainingStream:
-    """The augmented training stream of a run, epoch by epoch: one Augmenter, traced
-    once, re-seeded per epoch. The stream depends on (images, options, seed, epoch,
-    order), never on timing or on the epochs before."""
+    """The augmented training stream of a run: one Augmenter, traced once, re-seeded
+    per epoch. The stream depends on (images, options, seed, epoch, order), never on
+    timing or on the epochs before.
+
+    `epochs(plan)` runs many epochs through one tf.data pipeline: creating a pipeline
+    instantiates the augmentation graph (1.5-2 s on 2 cores), which per epoch would
+    cost more than the augmentation itself."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
-                 batch_size: int = 32, num_classes: int = NUM_CLASSES):
-        self.images, self.labels = images, labels
+                 batch_size: int = 32, weights: np.ndarray | None = None, num_classes: int = NUM_CLASSES):
+        self.images, self.labels = images, np.asarray(labels)
+        self.weights = None if weights is None else np.asarray(weights, np.float32)
         self.batch_size, self.num_classes, self.seed = int(batch_size), num_classes, seed
         self.augmenter = Augmenter(options, seed=seed, num_classes=num_classes)
 
-    def epoch(self, epoch: int, order: np.ndarray | None = None, weights: np.ndarray | None = None):
-        """One epoch as a tf.data.Dataset of (float32 images 0-255, one-hot float32
-        labels[, sample weights]). `order` is the epoch's index order (default: a
-        permutation seeded by seed and epoch)."""
+    def default_order(self, epoch: int) -> np.ndarray:
+        """The epoch's index order when none is given: a permutation seeded by (seed, epoch)."""
+        return np.random.default_rng(_seed(self.seed, epoch, 0)).permutation(len(self.labels))
+
+    def epochs(self, plan):
+        """The stream over the epochs in `plan` (epoch numbers, or (epoch, order) pairs)
+        as one tf.data.Dataset of (float32 images 0-255, one-hot float32 labels[, sample
+        weights]); an epoch's batches are the same as from `epoch(e, order)`."""
         import tensorflow as tf
 
-        if order is None:
-            order = np.random.default_rng(_seed(self.seed, epoch, 0)).permutation(len(self.labels))
-        onehot = np.eye(self.num_classes, dtype=np.float32)[self.labels[order]]
-        tensors = (self.images[order], onehot) if weights is None else (
-            self.images[order], onehot, weights[order].astype(np.float32))
-        self.augmenter.start_epoch(epoch)
-        function = self.augmenter.traced(self.images.shape[1:])
+        plan = [item if isinstance(item, tuple) else (item, None) for item in plan]
+        onehot = np.eye(self.num_classes, dtype=np.float32)
+        shape = self.images.shape[1:]
 
-        def apply(x, y, *w):
-            x, y = function(tf.cast(x, tf.float32), y)
+        def batches():
+            for epoch, order in plan:
+                order = self.default_order(epoch) if order is None else np.asarray(order)
+                scale, seeds = self.augmenter.epoch_state(epoch)
+                for start in range(0, len(order), self.batch_size):
+                    index = order[start:start + self.batch_size]
+                    batch = (self.images[index], onehot[self.labels[index]], start == 0, scale, seeds)
+                    yield batch if self.weights is None else (*batch, self.weights[index])
+
+        signature = (tf.TensorSpec((None, *shape), tf.as_dtype(self.images.dtype)),
+                     tf.TensorSpec((None, self.num_classes), tf.float32), tf.TensorSpec((), tf.bool),
+                     tf.TensorSpec((), tf.float32), tf.TensorSpec((None,), tf.int64))
+        if self.weights is not None:
+            signature += (tf.TensorSpec((None,), tf.float32),)
+        function = self.augmenter.traced(shape, self.images.dtype)
+
+        def apply(x, y, first, scale, seeds, *w):
+            x, y = function(x, y, first, scale, seeds)
             return (x, y, *w)
 
         # One batch at a time keeps the random draws in order (reproducible); each op may
         # use every core (tf.data's default is one, which halves the stream's rate here).
         options = tf.data.Options()
         options.threading.max_intra_op_parallelism = os.cpu_count() or 1
-        ds = tf.data.Dataset.from_tensor_slices(tensors).batch(self.batch_size).map(apply)
+        ds = tf.data.Dataset.from_generator(batches, output_signature=signature).map(apply)
         return ds.prefetch(2).with_options(options)
+
+    def epoch(self, epoch: int, order: np.ndarray | None = None):
+        """One epoch (see `epochs`); `order` defaults to `default_order(epoch)`."""
+        return self.epochs([(epoch, order)])
 
 
 def augmented_dataset(images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
                       epoch: int = 0, batch_size: int = 32, weights: np.ndarray | None = None,
                       num_classes: int = NUM_CLASSES, order: np.ndarray | None = None):
     """One epoch of a new TrainingStream (see there); for a whole run, keep one stream
-    and call its `epoch` so the augmentation is traced once."""
-    stream = TrainingStream(images, labels, options, seed=seed, batch_size=batch_size, num_classes=num_classes)
-    return stream.epoch(epoch, order=order, weights=weights)
+    and call its `epochs` so the augmentation is traced and instantiated once."""
+    stream = TrainingStream(images, labels, options, seed=seed, batch_size=batch_size, weights=weights,
+                            num_classes=num_classes)
+    return stream.epoch(epoch, order=order)
 
 
 def sample_batch(stream: TrainingStream, epoch: int = 0, n: int = 40):
     """The first n augmented images of an epoch (for the augmentation grid): uint8
-    images and soft labels."""
+    images and soft labels. Only those batches are computed, and the pipeline is done
+    when this returns (nothing left running that could touch the generators' state)."""
+    order = stream.default_order(epoch)
+    whole_batches = math.ceil(n / stream.batch_size) * stream.batch_size  # mixing is per batch
     xs, ys = [], []
-    for batch in stream.epoch(epoch):
+    for batch in stream.epoch(epoch, order=order[:whole_batches]):
         xs.append(np.asarray(batch[0]))
         ys.append(np.asarray(batch[1]))
-        if sum(len(x) for x in xs) >= n:
-            break
     x, y = np.concatenate(xs)[:n], np.concatenate(ys)[:n]
     return np.clip(np.rint(x), 0, 255).astype(np.uint8), y
 

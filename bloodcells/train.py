@@ -348,14 +348,22 @@ class Trainer:
         cap = int(self.cfg["train"]["steps_per_epoch"])
         return min(steps, cap) if cap else steps
 
-    def stream(self, epoch: int):
-        t = self.cfg["train"]
+    def epoch_plan(self, epoch: int):
+        """(epoch, training indices in order) for the augmentation stream."""
         order = epoch_order(self.train.labels, self.cfg["data"]["imbalance"], self.seed, epoch)
-        cap = int(t["steps_per_epoch"])
-        if cap:
-            order = order[: cap * int(t["batch_size"])]
-        weights = class_weights(self.train.labels)[self.train.labels] if self.cfg["data"]["imbalance"] == "class_weights" else None
-        return self.augmentation.epoch(epoch, order=order, weights=weights)
+        cap = int(self.cfg["train"]["steps_per_epoch"])
+        return epoch, (order[: cap * int(self.cfg["train"]["batch_size"])] if cap else order)
+
+    @staticmethod
+    def epoch_batches(batches, steps: int):
+        """The next `steps` batches of a run-long pipeline iterator, as a dataset for one
+        `fit` call (a new pipeline per epoch would re-instantiate the augmentation graph)."""
+        import itertools
+
+        import tensorflow as tf
+        ds = tf.data.Dataset.from_generator(lambda: itertools.islice(batches, steps),
+                                            output_signature=batches.element_spec)
+        return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
     def setup_phase(self, phase: str):
         from . import models
@@ -402,8 +410,11 @@ class Trainer:
                     "val_images": len(self.val), "versions": package_versions(),
                     "command": " ".join(sys.argv)}
         write_json_atomic(self.out / ("config.json" if not self.resume else "config_resume.json"), run_info)
+        weights = (class_weights(self.train.labels)[self.train.labels]
+                   if cfg["data"]["imbalance"] == "class_weights" else None)
         self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
-                                                       seed=self.seed, batch_size=int(t["batch_size"]))
+                                                       seed=self.seed, batch_size=int(t["batch_size"]),
+                                                       weights=weights)
         augment_mod.save_augmentation_grid(self.out / "augmentation.png", self.augmentation, epoch=0)
 
         phases = self.phases()
@@ -431,6 +442,9 @@ class Trainer:
             n_epochs = int(pcfg["epochs"])
             first_epoch_of_phase = state["epoch"] - state["epoch_in_phase"]
             phase_steps = sum(self.steps_per_epoch(first_epoch_of_phase + e) for e in range(n_epochs))
+            # one augmentation pipeline for the rest of the phase
+            batches = iter(self.augmentation.epochs(
+                [self.epoch_plan(e) for e in range(state["epoch"], first_epoch_of_phase + n_epochs)]))
             while state["epoch_in_phase"] < n_epochs:
                 epoch = state["epoch"]
                 steps = self.steps_per_epoch(epoch)
@@ -438,8 +452,8 @@ class Trainer:
                 started = time.monotonic()
                 lr_cb = _LearningRate(self, pcfg, step0, phase_steps, steps, state["lr_scale"],
                                       f"epoch {epoch + 1} ({phase})")
-                fit = self.model.fit(self.stream(epoch), epochs=1, verbose=0, callbacks=[lr_cb],
-                                     steps_per_epoch=steps if t["steps_per_epoch"] else None)
+                fit = self.model.fit(self.epoch_batches(batches, steps), epochs=1, verbose=0, callbacks=[lr_cb],
+                                     shuffle=False)
                 last = state["epoch_in_phase"] + 1 >= n_epochs
                 if (state["epoch_in_phase"] + 1) % max(int(t["eval_every"]), 1) == 0 or last:
                     clean = evaluate(self.model, self.val.images, self.val.labels, int(t["eval_batch_size"]))
@@ -490,6 +504,7 @@ class Trainer:
                 save_checkpoint(ckpt_path, self.model, None if phase_over else self.optimizer, state)
                 if phase_over:
                     break
+            del batches  # stops its prefetching before the next phase's pipeline starts
 
         # Final: the best epoch's weights (EarlyStopping's restore_best_weights).
         _load_weights_npz(self.model, best_path)

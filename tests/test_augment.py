@@ -170,3 +170,42 @@ def test_rot90_gives_exact_quarter_turns_of_every_kind():
         assert len(matches) == 1
         turns.append(matches[0])
     assert set(turns) == {0, 1, 2, 3}
+
+
+def test_randaugment_computes_only_the_chosen_operations_yet_equals_keras_randaugment(batch):
+    import keras
+    images = batch[0].astype(np.float32)
+    lazy_class = {cls.__name__: cls for cls in augment._custom_layers()}["LazyRandAugment"]
+    lazy = lazy_class(num_ops=2, factor=0.8, seed=11)
+    reference = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.8, seed=11)
+    outputs = []
+    for _ in range(4):  # successive draws keep matching
+        ours = np.asarray(lazy(images, training=True))
+        np.testing.assert_array_equal(ours, np.asarray(reference(images, training=True)))
+        outputs.append(ours)
+    assert not np.array_equal(outputs[0], outputs[1])
+
+
+def test_one_pipeline_over_many_epochs_equals_the_epochs_one_by_one(batch):
+    """A run feeds all its epochs through one pipeline (the epoch's ramp and seeds are
+    set in-graph at its first batch, whatever was prefetched before); each epoch must be
+    what a fresh stream gives for it alone, sample weights included."""
+    images, labels = batch
+    opts = {**SINGLE["geometry"], **SINGLE["noise"], **SINGLE["randaugment"], "cutmix_prob": 0.5,
+            "mixup_prob": 0.5, "ramp_epochs": 3, "ramp_start": 0.2}
+    weights = np.linspace(0.5, 2.0, len(labels)).astype(np.float32)
+    orders = {e: np.random.default_rng(e).permutation(len(labels))[: 5 - e % 2] for e in range(1, 5)}
+
+    def stream():
+        return augment.TrainingStream(images, labels, opts, seed=6, batch_size=2, weights=weights)
+
+    together = [tuple(np.asarray(t) for t in b) for b in stream().epochs([(e, orders[e]) for e in range(1, 5)])]
+    alone = []
+    for e in range(1, 5):
+        alone += [tuple(np.asarray(t) for t in b) for b in stream().epoch(e, order=orders[e])]
+    assert len(together) == len(alone) == sum(-(-len(o) // 2) for o in orders.values())
+    for got, expected in zip(together, alone):
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in together]),
+                                  np.concatenate([weights[orders[e]] for e in range(1, 5)]))
