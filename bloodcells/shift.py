@@ -178,15 +178,26 @@ def _sign(rng) -> float:
     return 1.0 if rng.random() < 0.5 else -1.0
 
 
+def _combine_channels(x, weights):
+    """x[..., :3] @ weights, as elementwise products and sums: a BLAS matmul's rounding
+    depends on the CPU and thread count, which made the shifted set differ between
+    processes; this is the same in every process."""
+    weights = np.asarray(weights, dtype=x.dtype)
+    return x[..., 0, None] * weights[0] + x[..., 1, None] * weights[1] + x[..., 2, None] * weights[2]
+
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
 def _stain(img, severity, rng):
     """Stain jitter in optical-density space (Tellez et al. 2018 HED augmentation):
     deconvolve into stain concentrations, scale and shift each, recompose."""
     s, b = _STAIN_SCALE[severity - 1], _STAIN_SHIFT[severity - 1]
     od = -np.log((img.astype(np.float64) + 1.0) / 256.0)
-    conc = od.reshape(-1, 3) @ _STAIN_FROM_RGB
+    conc = _combine_channels(od.reshape(-1, 3), _STAIN_FROM_RGB)
     alpha = rng.uniform(1 - s, 1 + s, size=3)
     beta = rng.uniform(-b, b, size=3)
-    od = (conc * alpha + beta) @ _RGB_FROM_STAIN
+    od = _combine_channels(conc * alpha + beta, _RGB_FROM_STAIN)
     return _to_uint8(256.0 * np.exp(-od.reshape(img.shape)) - 1.0)
 
 
@@ -208,7 +219,7 @@ def _brightness(img, severity, rng):
 def _contrast(img, severity, rng):
     factor = 1 + _sign(rng) * rng.uniform(0.7, 1.0) * _CONTRAST[severity - 1]
     x = img.astype(np.float32)
-    gray_mean = float((x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).mean())
+    gray_mean = float(_combine_channels(x, _LUMA).mean())
     return _to_uint8(gray_mean + (x - gray_mean) * factor)
 
 
@@ -226,7 +237,8 @@ def _affine(img, angle_deg=0.0, scale=1.0, shift=(0.0, 0.0)):
     # Output pixel -> input pixel: inverse of (scale * rotation), about the centre.
     inv = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]]) / scale
     centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
-    offset = centre - inv @ (centre + np.asarray(shift, dtype=np.float64))
+    moved = centre + np.asarray(shift, dtype=np.float64)
+    offset = centre - (inv[:, 0] * moved[0] + inv[:, 1] * moved[1])
     matrix = np.eye(3)
     matrix[:2, :2] = inv
     out = ndimage.affine_transform(img.astype(np.float32), matrix, offset=np.append(offset, 0.0),
@@ -298,9 +310,9 @@ def _jpeg(img, severity, rng):
 
 def _grayscale(img, severity, rng):
     x = img.astype(np.float32)
-    gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    gray = _combine_channels(x, _LUMA)
     a = _GRAYSCALE[severity - 1]
-    return _to_uint8((1 - a) * x + a * gray[..., None])
+    return _to_uint8((1 - a) * x + a * gray)
 
 
 _PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
