@@ -3,9 +3,10 @@
 Only the training stream is augmented. Every per-image augmentation is applied with
 its own probability (strong augmentation on every image underfits a small set), and
 the probabilities can ramp up over the first epochs. CutMix and MixUp act on whole
-batches, each with its own probability. The layers are built and traced once per run;
-every epoch re-seeds them from (run seed, epoch), so an epoch's augmented stream is the
-same whether the run was interrupted or not.
+batches, each with its own probability. The layers are built and traced once per run,
+and one tf.data pipeline carries all the epochs of a training phase; each epoch's first
+batch re-seeds every generator from (run seed, epoch), in-graph, so an epoch's
+augmented stream is the same whether the run was interrupted or not.
 
 Independent of bloodcells/shift.py on purpose: training on the exact corruptions the
 shifted validation uses would make that validation meaningless.
