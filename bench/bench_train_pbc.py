@@ -48,7 +48,8 @@ def main() -> int:
     minutes = (time.monotonic() - start) / 60
     metrics = json.loads((Path(args.out) / "metrics.json").read_text())
     print(f"wall time: {minutes:.1f} min (target < 45; machine shared, pessimistic)")
-    print(f"epochs run: {metrics['epochs_run']}, best epoch {metrics['best_epoch']} (monitor {metrics['monitor']})")
+    print(f"epochs run: {metrics['epochs_run']}, best epoch {metrics['best_epoch']} (monitor {metrics['monitor']}); "
+          f"{metrics['train_seconds'] / max(metrics['epochs_run'], 1):.1f} s per epoch on average, validation included")
     print(f"val accuracy (clean): {metrics['val_acc']:.4f} (target >= 0.93)")
     print(f"val accuracy (shift '{metrics['shift_profile']}'): {metrics['val_shifted_acc']:.4f} (target >= 0.85)")
     for name in metrics["val_recall"]:
