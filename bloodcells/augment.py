@@ -551,9 +551,9 @@ def sample_batch(stream: TrainingStream, epoch: int = 0, n: int = 40):
     images and soft labels. Only those batches are computed, and the pipeline is done
     when this returns (nothing left running that could touch the generators' state)."""
     order = stream.default_order(epoch)
-    whole_batches = math.ceil(n / stream.batch_size) * stream.batch_size  # mixing is per batch
+    count = math.ceil(n / stream.batch_size) * stream.batch_size  # whole batches: mixing is per batch
     xs, ys = [], []
-    for batch in stream.epoch(epoch, order=order[:whole_batches]):
+    for batch in stream.epoch(epoch, order=order[:count]):
         xs.append(np.asarray(batch[0]))
         ys.append(np.asarray(batch[1]))
     x, y = np.concatenate(xs)[:n], np.concatenate(ys)[:n]

@@ -342,17 +342,15 @@ class Trainer:
         """[(name, phase config)] with at least one epoch."""
         return [(name, self.cfg[name]) for name in ("phase1", "phase2") if int(self.cfg[name]["epochs"]) > 0]
 
-    def steps_per_epoch(self, epoch: int) -> int:
-        n = len(epoch_order(self.train.labels, self.cfg["data"]["imbalance"], self.seed, epoch))
-        steps = math.ceil(n / int(self.cfg["train"]["batch_size"]))
-        cap = int(self.cfg["train"]["steps_per_epoch"])
-        return min(steps, cap) if cap else steps
-
     def epoch_plan(self, epoch: int):
-        """(epoch, training indices in order) for the augmentation stream."""
+        """(epoch, training indices in order, cut to train.steps_per_epoch batches if set)
+        for the augmentation stream."""
         order = epoch_order(self.train.labels, self.cfg["data"]["imbalance"], self.seed, epoch)
         cap = int(self.cfg["train"]["steps_per_epoch"])
         return epoch, (order[: cap * int(self.cfg["train"]["batch_size"])] if cap else order)
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return math.ceil(len(self.epoch_plan(epoch)[1]) / int(self.cfg["train"]["batch_size"]))
 
     @staticmethod
     def epoch_batches(batches, steps: int):
