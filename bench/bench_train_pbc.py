@@ -1,12 +1,15 @@
-"""Real-data check of the CPU configuration: train configs/cpu.toml on the train split
-of pbc96_dev.npz, then print clean and shifted (server profile) accuracy on its val
-split and the wall time. Target: >= 93 % clean, >= 85 % shifted, < 45 minutes on the
-2-core machine.
+"""Real-data check of a training configuration, measured on data that chose nothing.
 
     PYTHONPATH=. python bench/bench_train_pbc.py [--data PATH] [--config configs/cpu.toml]
-        [--out runs/bench_cpu_pbc] [--epochs N]
+        [--out runs/bench_cpu_pbc] [--epochs N] [--seed S] [--skip-train] [--no-eval]
 
-Timings on a machine shared with other jobs are pessimistic.
+The dev file's train split is the only thing training sees: the configuration carves its
+selection split (`data.val_fraction`, the set that picks the best epoch, shifted with the
+config's shift seed) out of it. The dev file's val split is then an untouched test: the
+exported model is zipped and scored by `local_eval.py` (the shipped model.py with its TTA,
+in a fresh process) clean and under the `server` profile with shift seeds that training
+never used, with 95 % intervals. Prints the wall time and seconds per epoch: our 2-core
+machines differ by up to 2x, so quote both.
 """
 
 from __future__ import annotations
@@ -20,8 +23,22 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = os.environ.get("BLOODCELLS_PBC", str(REPO.parent / "shared" / "data" / "pbc96_dev.npz"))
+
+
+def train_split_only(data: Path, out: Path) -> Path:
+    """The dev file's train split alone, in the AN2DL layout (so training carves its own
+    selection split and never sees the val split)."""
+    with np.load(data, allow_pickle=False) as archive:
+        images, labels = archive["train_images"], archive["train_labels"].reshape(-1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp, out)
+    return out
 
 
 def main() -> int:
@@ -31,30 +48,47 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_cpu_pbc"))
     parser.add_argument("--export", default=str(REPO / "weights" / "bench_cpu_pbc"))
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="training seed (override the config's)")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate an existing --export only")
+    parser.add_argument("--no-eval", action="store_true", help="train only")
+    parser.add_argument("--eval-args", default="", help="extra local_eval.py arguments, e.g. '--seeds 1 2 3'")
     args = parser.parse_args()
-    if not Path(args.data).is_file():
-        print(f"skip: real data not found at {args.data} (set BLOODCELLS_PBC)")
+    data = Path(args.data)
+    if not data.is_file():
+        print(f"skip: real data not found at {data} (set BLOODCELLS_PBC)")
         return 0
-    shutil.rmtree(args.out, ignore_errors=True)
-    command = [sys.executable, "-m", "bloodcells.train", "--config", args.config, "--data", args.data,
-               "--out", args.out, "--export", args.export]
-    if args.epochs is not None:
-        command += ["--epochs", str(args.epochs)]
-    print("command:", " ".join(command), flush=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    print(f"TF_ENABLE_ONEDNN_OPTS={env.get('TF_ENABLE_ONEDNN_OPTS', 'unset (on)')}", flush=True)
-    start = time.monotonic()
+    if not args.skip_train:
+        train_file = train_split_only(data, REPO / "build" / "bench_pbc" / "train_split.npz")
+        shutil.rmtree(args.out, ignore_errors=True)
+        command = [sys.executable, "-m", "bloodcells.train", "--config", args.config, "--data", str(train_file),
+                   "--out", args.out, "--export", args.export]
+        if args.epochs is not None:
+            command += ["--epochs", str(args.epochs)]
+        if args.seed is not None:
+            command += ["--seed", str(args.seed)]
+        print("command:", " ".join(command), flush=True)
+        start = time.monotonic()
+        subprocess.run(command, check=True, cwd=REPO, env=env)
+        minutes = (time.monotonic() - start) / 60
+        metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+        per_epoch = metrics["train_seconds"] / max(metrics["epochs_run"], 1)
+        print(f"wall time: {minutes:.1f} min; {metrics['epochs_run']} epochs, {per_epoch:.1f} s per epoch on "
+              f"average, validation included (our 2-core machines differ by up to 2x)")
+        print(f"best epoch {metrics['best_epoch']} (monitor {metrics['monitor']}, on the selection split "
+              f"carved from train: a development figure, not a test one): clean {metrics['val_acc']:.4f}, "
+              f"shifted {metrics['val_shifted_acc']:.4f}")
+    if args.no_eval:
+        return 0
+    # The untouched test: the dev val split, through the shipped model.py in a fresh process.
+    zips = REPO / "build" / "bench_pbc"
+    built = subprocess.run([sys.executable, "build_submission.py", "--weights", args.export, "--out", str(zips)],
+                           check=True, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True).stdout
+    zip_path = built.strip().splitlines()[-1]
+    command = [sys.executable, "local_eval.py", zip_path, "--data", str(data), "--split", "val",
+               *args.eval_args.split()]
+    print("test command:", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=REPO, env=env)
-    minutes = (time.monotonic() - start) / 60
-    metrics = json.loads((Path(args.out) / "metrics.json").read_text())
-    print(f"wall time: {minutes:.1f} min (target < 45; machine shared, pessimistic)")
-    print(f"epochs run: {metrics['epochs_run']}, best epoch {metrics['best_epoch']} (monitor {metrics['monitor']}); "
-          f"{metrics['train_seconds'] / max(metrics['epochs_run'], 1):.1f} s per epoch on average, validation included")
-    print(f"val accuracy (clean): {metrics['val_acc']:.4f} (target >= 0.93)")
-    print(f"val accuracy (shift '{metrics['shift_profile']}'): {metrics['val_shifted_acc']:.4f} (target >= 0.85)")
-    for name in metrics["val_recall"]:
-        print(f"  recall {name:<22} clean {metrics['val_recall'][name]:.3f}  "
-              f"shifted {metrics['val_shifted_recall'][name]:.3f}")
     return 0
 
 
