@@ -2,16 +2,21 @@
 local test, and keep a local leaderboard.
 
   python local_eval.py ZIP --data TEST [--split S] [--profile none server sweep]
-                       [--seed 0] [--time-limit 600]
+                       [--seeds 1 2 3] [--time-limit 600]
+  python local_eval.py --compare A.zip B.zip          # is B really better than A?
   python local_eval.py --record-server ZIP SCORE     # what the real server said
-  python local_eval.py --leaderboard                  # ranking + which local score to trust
+  python local_eval.py --leaderboard                  # ranking, expected server scores
 
 Per profile (default: none and server) the zip runs in a separate process from another
 working directory (bloodcells.ingestion), its predictions file is scored
 (bloodcells.scoring) and written as submission/eval/<zip name>/<profile>/scores.json
-with figures; submission/eval/<zip name>/report.html shows them together, and
-submission/leaderboard.csv gets the zip's row. Shifted sets are cached in
-build/shift_cache so every submission meets the same images.
+with 95 % intervals (bloodcells.stats) and figures; submission/eval/<zip name>/report.html
+shows them together, and submission/leaderboard.csv gets the zip's row. A shifted profile
+is drawn once per shift seed (default 1, 2, 3: seeds training does not select epochs with)
+and reported as the mean over the draws with its spread. Shifted sets are cached in
+build/shift_cache so every submission meets the same images; that is what makes the
+paired comparison (--compare, and against the leaderboard's best after each evaluation)
+possible.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import sys
 import time
 from pathlib import Path
 
+from bloodcells import compare as paired
 from bloodcells import leaderboard as board
 from bloodcells import shift
 from bloodcells.cli import UserError, run_cli
 from bloodcells.data import load_dataset
-from bloodcells.evaluate import (CACHE_DIR, DEFAULT_PROFILES, EVAL_DIR, LEADERBOARD, SWEEP_IMAGES,
-                                 data_fingerprint, evaluate_profile, evaluate_sweep, held_out_split,
+from bloodcells.evaluate import (CACHE_DIR, DEFAULT_PROFILES, EVAL_DIR, EVAL_SEEDS, LEADERBOARD, SWEEP_IMAGES,
+                                 cross_check, data_fingerprint, evaluate_profile, evaluate_sweep, held_out_split,
                                  leaderboard_row, shift_code, write_report)
 from bloodcells.files import sha256_file
 from bloodcells.ingestion import DEFAULT_TIME_LIMIT, check_zip
@@ -43,7 +49,10 @@ def parse_args(argv):
     parser.add_argument("--split", default=None, help="MedMNIST split (default: test, else val)")
     parser.add_argument("--profile", nargs="+", default=list(DEFAULT_PROFILES),
                         help=f"shift profiles among {', '.join(shift.PROFILES)} (default: none server)")
-    parser.add_argument("--seed", type=int, default=0, help="shift seed (default 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_SEEDS),
+                        help=f"shift seeds, one draw each (default {' '.join(map(str, EVAL_SEEDS))}; "
+                             f"training selects epochs with seed 0)")
+    parser.add_argument("--seed", type=int, default=None, help="a single shift seed (same as --seeds S)")
     parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
                         help="seconds for Model() + predict, as on the server (default 600)")
     parser.add_argument("--sweep-images", type=int, default=SWEEP_IMAGES,
@@ -57,7 +66,13 @@ def parse_args(argv):
     parser.add_argument("--record-server", nargs=2, metavar=("ZIP", "SCORE"),
                         help="store the accuracy the real server gave ZIP")
     parser.add_argument("--leaderboard", action="store_true", help="print the local leaderboard")
-    return parser.parse_args(argv)
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="paired comparison of two evaluated zips (or their eval folders) on the same images")
+    args = parser.parse_args(argv)
+    if args.seed is not None:
+        args.seeds = [args.seed]
+    args.seeds = list(dict.fromkeys(args.seeds))
+    return args
 
 
 @run_cli
@@ -65,8 +80,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.record_server:
         return record_server(args)
+    if args.compare:
+        return compare_zips(args)
     if args.leaderboard and not args.zip:
-        print(board.format_leaderboard(board.read_rows(args.leaderboard_file)), end="")
+        print(board.format_leaderboard(board.read_rows(args.leaderboard_file), compare=_against_best(args)), end="")
         return 0
     if not args.zip:
         raise UserError("ZIP: missing; expected a submission zip (make submission builds one), "
@@ -79,6 +96,8 @@ def main(argv=None):
         raise UserError(f"--profile: unknown '{bad[0]}'; expected some of {', '.join(shift.PROFILES)}")
     if args.time_limit <= 0:
         raise UserError(f"--time-limit: {args.time_limit:g}; expected a positive number of seconds")
+    if any(s < 0 for s in args.seeds):
+        raise UserError(f"--seeds: {' '.join(map(str, args.seeds))}; expected non-negative integers")
     if args.sweep_images < 8:
         raise UserError(f"--sweep-images: {args.sweep_images}; expected at least 8")
     zip_path = Path(args.zip)
@@ -89,7 +108,7 @@ def main(argv=None):
     data_sha = data_fingerprint(data.images, data.labels)
     meta = {"time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "zip": zip_path.name, "zip_sha256": zip_sha, "data": data.source, "data_sha256": data_sha,
-            "seed": args.seed, "shift_code": shift_code(), "time_limit": args.time_limit}
+            "seeds": args.seeds, "shift_code": shift_code(), "time_limit": args.time_limit}
     common = {"eval_dir": args.eval_dir / zip_path.stem, "data_sha": data_sha, "meta": meta}
     results = {}
     for profile in dict.fromkeys(args.profile):  # order kept, duplicates dropped
@@ -99,17 +118,87 @@ def main(argv=None):
             results[profile] = evaluate_profile(zip_path, data, profile, args, common)
             if profile == "none" and results[profile]["status"] == "ok":
                 common["clean_accuracy"] = results[profile]["accuracy"]
+    for line in cross_check(results):
+        print(line)
     page = write_report(common["eval_dir"], zip_path.name, zip_sha)
     print(f"report: {page}")
+    rows = board.read_rows(args.leaderboard_file)
+    best = next((r for r in board.ranking(rows) if r.get("zip_sha256") != zip_sha and r.get("eval_dir")), None)
     row = board.record_evaluation(args.leaderboard_file, leaderboard_row(common, results, time.monotonic() - start))
     rows = board.read_rows(args.leaderboard_file)
     rank = [r["zip_sha256"] for r in board.ranking(rows)].index(zip_sha) + 1
+    shown = ", ".join(f"{board.PROFILE_LABELS.get(p, p)} {_estimate(row, p)}" for p in results
+                      if row.get(f"acc_{p}") not in (None, ""))
     print(f"leaderboard: {zip_path.name} is #{rank} of {len(rows)} by server-like accuracy "
-          f"(clean {_fmt_pct(row.get('acc_none'))}, server-like {_fmt_pct(row.get('acc_server'))}) "
-          f"-> {args.leaderboard_file}")
+          f"({shown}; %, 95 % intervals over {len(data.labels)} images) -> {args.leaderboard_file}")
+    if best is not None:
+        _print_against(best, row)
     if args.leaderboard:
-        print(board.format_leaderboard(rows), end="")
+        print(board.format_leaderboard(rows, compare=_against_best(args)), end="")
     return 1 if any(m["status"] != "ok" for m in results.values()) else 0
+
+
+def _estimate(row, profile) -> str:
+    text = board.estimate_text(row, profile)
+    low, high = row.get(f"acc_{profile}_min"), row.get(f"acc_{profile}_max")
+    if low not in (None, "") and high not in (None, ""):
+        seeds = str(row.get(f"seeds_{profile}", "")).replace(" ", ",")
+        text += f" (mean of shift seeds {seeds}; per seed {100 * float(low):.1f}-{100 * float(high):.1f})"
+    return text
+
+
+def _print_against(best: dict, row: dict) -> None:
+    """The verdict against the leaderboard's best other zip, or why it cannot be given."""
+    try:
+        result = paired.compare(best["eval_dir"], row["eval_dir"], best.get("zip", "best"), row["zip"])
+    except UserError as exc:
+        print(f"against the best so far ({best.get('zip')}): not compared: {exc}")
+        return
+    print(f"against the best so far: {result['verdict'][1]}")
+
+
+def _against_best(args):
+    """For the leaderboard table: B - A on the server-like profile against #1, when both
+    evaluation folders are still there and met the same images."""
+    def cell(best, row):
+        if not (best.get("eval_dir") and row.get("eval_dir")):
+            return ""
+        try:
+            result = paired.compare(best["eval_dir"], row["eval_dir"], best.get("zip", ""), row.get("zip", ""))
+        except UserError:
+            return "not comparable"
+        r = result["profiles"][result["decision"]]
+        (low, high), d = r["difference"]["ci"], r["difference"]["difference"]
+        word = {"better": "better", "worse": "worse", "tie": "same?"}[r["verdict"][0]]
+        return f"{100 * d:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] {word}"
+    return cell
+
+
+def compare_zips(args) -> int:
+    """--compare A B: zips (their evaluation folders under --eval-dir) or folders."""
+    folders, names = [], []
+    for given in args.compare:
+        path = Path(given)
+        folder = path if path.is_dir() else args.eval_dir / path.stem
+        if path.is_file():
+            _check_same_zip(path, folder)
+        folders.append(folder)
+        names.append(path.name)
+    result = paired.compare(folders[0], folders[1], names[0], names[1])
+    print(paired.format_comparison(result, names[0], names[1]), end="")
+    return 0
+
+
+def _check_same_zip(path: Path, folder: Path) -> None:
+    import json
+
+    sha = sha256_file(path)
+    for metrics in folder.glob("*/metrics.json"):
+        recorded = json.loads(metrics.read_text()).get("zip_sha256")
+        if recorded and recorded != sha:
+            raise UserError(f"{path}: zip: {folder} holds the evaluation of another zip of that name "
+                            f"(sha256 {recorded[:12]}, this one {sha[:12]}); expected `python local_eval.py "
+                            f"{path} --data TEST` first")
 
 
 def record_server(args) -> int:
@@ -131,13 +220,6 @@ def record_server(args) -> int:
     print(f"recorded server score {100 * value:.2f} % for {row.get('zip')} -> {args.leaderboard_file}")
     print(board.format_leaderboard(board.read_rows(args.leaderboard_file)), end="")
     return 0
-
-
-def _fmt_pct(value) -> str:
-    try:
-        return f"{100 * float(value):.1f} %"
-    except (TypeError, ValueError):
-        return "n/a"
 
 
 if __name__ == "__main__":

@@ -17,17 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+from . import stats
 from .cli import UserError
 from .files import atomic_path
 
-BASE_COLUMNS = (
-    "time", "zip", "zip_sha256", "status", "data", "data_sha256", "seed", "shift_code",
-    "acc_none", "acc_server", "acc_sweep", "bacc_none", "bacc_server", "f1_none", "f1_server",
-    "init_seconds", "predict_seconds_none", "predict_seconds_server", "run_seconds", "server_score",
-)
-# Local numbers whose agreement with the server is reported.
-LOCAL_SCORES = ("acc_none", "acc_server", "acc_sweep", "bacc_server", "f1_server")
+BASE_COLUMNS = ("time", "zip", "zip_sha256", "status", "data", "data_sha256", "seed", "shift_code",
+                "eval_dir", "init_seconds", "run_seconds", "server_score")
+# Per profile p: <short>_<p> with <short>_<p>_lo / _hi (95 % interval) and n_<p>.
+SCORE_KEYS = {"acc": "accuracy", "bacc": "balanced_accuracy", "f1": "macro_f1"}
+PROFILE_LABELS = {"none": "clean", "server": "server-like", "sweep": "sweep"}
+PROFILE_ORDER = ("none", "server", "second_opinion", "sweep")  # columns in this order, then any other
 FAMILY_PREFIX = "fam_"
+SUFFIXES = ("_lo", "_hi", "_min", "_max")
 
 
 def read_rows(path) -> list[dict]:
@@ -60,10 +61,24 @@ def write_rows(path, rows: list[dict]) -> None:
             os.fsync(fh.fileno())
 
 
+def profiles_in(rows) -> list[str]:
+    """Profiles with an accuracy column in any row, in PROFILE_ORDER, then alphabetically."""
+    found = {k[4:] for row in rows for k in row if k.startswith("acc_") and not k.endswith(SUFFIXES)}
+    return [p for p in PROFILE_ORDER if p in found] + sorted(found - set(PROFILE_ORDER))
+
+
+def local_scores(rows) -> list[str]:
+    """Every local score column (acc_/bacc_/f1_<profile>): candidates for predicting the server."""
+    found = {k for row in rows for k in row}
+    return [f"{short}_{p}" for p in profiles_in(rows) for short in SCORE_KEYS if f"{short}_{p}" in found]
+
+
 def _columns(rows) -> list[str]:
     seen = {k for row in rows for k in row}
-    extra = sorted(k for k in seen if k not in BASE_COLUMNS)
-    return list(BASE_COLUMNS) + extra
+    grouped = [f"{c}{suffix}" for c in local_scores(rows) for suffix in ("",) + SUFFIXES]
+    grouped += [f"{prefix}_{p}" for p in profiles_in(rows) for prefix in ("n", "seeds", "predict_seconds")]
+    ordered = list(BASE_COLUMNS) + [c for c in grouped if c in seen and c not in BASE_COLUMNS]
+    return ordered + sorted(seen - set(ordered))
 
 
 def _cell(value) -> str:
@@ -144,61 +159,113 @@ def ranking(rows: list[dict], by: str = "acc_server") -> list[dict]:
     return sorted(rows, key=key)
 
 
-def spearman(x, y) -> float:
-    """Spearman rank correlation with average ranks for ties (nan if undefined)."""
-    from scipy.stats import rankdata
-
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2:
-        return float("nan")
-    rx, ry = rankdata(x), rankdata(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def server_agreement(rows: list[dict], minimum: int = 3) -> dict:
-    """{local score column: (rho, n)} over rows having both it and a server score;
-    only columns with at least `minimum` such rows."""
-    out = {}
-    for column in LOCAL_SCORES:
+def server_fits(rows: list[dict]) -> dict:
+    """{local score column: stats.ServerFit} over rows having both it and a server score."""
+    fits = {}
+    for column in local_scores(rows):
         pairs = [(_float(r.get(column)), _float(r.get("server_score"))) for r in rows]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        if len(pairs) >= minimum:
-            out[column] = (spearman(*zip(*pairs)), len(pairs))
-    return out
+        if pairs:
+            fits[column] = stats.ServerFit(*zip(*pairs))
+    return fits
 
 
-def format_leaderboard(rows: list[dict], by: str = "acc_server") -> str:
-    """The ranking as a text table, then (with >= 3 server scores) which local score
-    tracks the server's best."""
+def best_fit(fits: dict):
+    """(column, fit) whose leave-one-out error is smallest (rank correlation breaks ties), or None."""
+    usable = [(c, f) for c, f in fits.items() if f.ok]
+    if not usable:
+        return None
+    return min(usable, key=lambda cf: (round(cf[1].loo_error, 6), -np.nan_to_num(cf[1].rho, nan=-2)))
+
+
+def estimate_text(row, profile) -> str:
+    value = _float(row.get(f"acc_{profile}"))
+    if value is None:
+        return ""
+    low, high = _float(row.get(f"acc_{profile}_lo")), _float(row.get(f"acc_{profile}_hi"))
+    text = f"{100 * value:.1f}"
+    return text + (f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else "")
+
+
+def spread_text(row, profile) -> str:
+    low, high = _float(row.get(f"acc_{profile}_min")), _float(row.get(f"acc_{profile}_max"))
+    seeds = row.get(f"seeds_{profile}") or ""
+    if low is None or high is None:
+        return ""
+    return f"{100 * low:.1f}-{100 * high:.1f} (seeds {seeds.replace(' ', ',')})"
+
+
+def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -> str:
+    """The ranking as a text table: per profile the accuracy with its 95 % interval (and the
+    spread over shift seeds), the recorded server score, the expected server score once
+    three or more are recorded, and `compare(best_row, row)` -> text against #1 if given."""
     out = io.StringIO()
     if not rows:
         return "leaderboard is empty: evaluate a zip with `python local_eval.py ZIP --data TEST`\n"
-    headers = ("#", "zip", "evaluated", "clean", "server-like", "sweep", "server", "status")
+    ranked = ranking(rows, by)
+    profiles = profiles_in(rows)
+    fits = server_fits(rows)
+    best = best_fit(fits)
+    headers = ["#", "zip", "evaluated"]
+    for p in profiles:
+        headers.append(f"{PROFILE_LABELS.get(p, p)} %")
+        if any(r.get(f"acc_{p}_min") for r in rows):
+            headers.append(f"{PROFILE_LABELS.get(p, p)} per seed")
+    if any(r.get("sweep_worst") for r in rows):
+        headers.append("sweep worst 3")
+    headers.append("server")
+    if best:
+        headers.append("expected server")
+    compare = compare if len(rows) > 1 else None
+    if compare:
+        headers.append("vs #1 (server-like, pt)")
+    headers.append("status")
     table = []
-    for rank, row in enumerate(ranking(rows, by), 1):
-        table.append((str(rank), row.get("zip", "")[:40], (row.get("time") or "")[:16],
-                      _pct(row.get("acc_none")), _pct(row.get("acc_server")), _pct(row.get("acc_sweep")),
-                      _pct(row.get("server_score")), row.get("status", "")))
+    for rank, row in enumerate(ranked, 1):
+        cells = [str(rank), row.get("zip", "")[:40], (row.get("time") or "")[:16]]
+        for p in profiles:
+            cells.append(estimate_text(row, p))
+            if any(r.get(f"acc_{p}_min") for r in rows):
+                cells.append(spread_text(row, p))
+        if "sweep worst 3" in headers:
+            cells.append(row.get("sweep_worst") or "")
+        cells.append(_pct(row.get("server_score")))
+        if best:
+            local = _float(row.get(best[0]))
+            if local is None:
+                cells.append("")
+            else:
+                expected, low, high = best[1].predict(local)
+                cells.append(f"{100 * expected:.1f} [{100 * low:.1f}, {100 * high:.1f}]")
+        if compare:
+            cells.append("" if rank == 1 else (compare(ranked[0], row) or ""))
+        cells.append(row.get("status", ""))
+        table.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
     out.write("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip() + "\n")
     for r in table:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
-    out.write(f"(ranked by {by}; accuracies in %)\n")
+    out.write(f"(ranked by {by}; accuracies in %, [95 % interval over test images])\n")
     n_server = sum(_float(r.get("server_score")) is not None for r in rows)
-    agreement = server_agreement(rows)
-    if not agreement:
-        out.write(f"{n_server} server score(s) recorded; with 3 or more, the rank correlation of each "
-                  f"local score with the server's is shown here "
+    if n_server < stats.MIN_SERVER_SCORES:
+        out.write(f"{n_server} server score(s) recorded; with {stats.MIN_SERVER_SCORES} or more, each local "
+                  f"score is fitted to the server's and an expected server score is shown here "
                   f"(python local_eval.py --record-server ZIP SCORE)\n")
-    else:
-        out.write("rank correlation (Spearman) of local scores with the server's:\n")
-        best = max(agreement, key=lambda c: -2 if np.isnan(agreement[c][0]) else agreement[c][0])
-        for column, (rho, n) in agreement.items():
-            mark = "  <- trust this one" if column == best and not np.isnan(rho) else ""
-            shown = "  n/a" if np.isnan(rho) else f"{rho:+.2f}"
-            out.write(f"  {column:<12} rho {shown}  (n={n}){mark}\n")
+        return out.getvalue()
+    out.write("local score -> server score (leave-one-out over the recorded server scores):\n")
+    for column, fit in fits.items():
+        rho = "  n/a" if np.isnan(fit.rho) else f"{fit.rho:+.2f}"
+        if fit.ok:
+            detail = (f"{fit.kind} fit, LOO error {100 * fit.loo_error:.1f} pt "
+                      f"(linear {100 * fit.loo_mae['linear']:.1f}, monotone {100 * fit.loo_mae['monotone']:.1f})")
+        else:
+            detail = f"no fit: {fit.reason}"
+        mark = "  <- predicts best" if best and column == best[0] else ""
+        out.write(f"  {column:<18} rho {rho}  (n={fit.n})  {detail}{mark}\n")
+    if best:
+        interval = "OLS 95 % prediction interval" if best[1].kind == "linear" else "+- t x LOO RMSE"
+        out.write(f"expected server = {best[1].kind} fit of {best[0]} ({interval}); an expectation from "
+                  f"{best[1].n} recorded scores, not a promise\n")
     return out.getvalue()
 
 
@@ -207,5 +274,6 @@ def _pct(value) -> str:
     return "" if v is None else f"{100 * v:.1f}"
 
 
-__all__ = ["BASE_COLUMNS", "LOCAL_SCORES", "FAMILY_PREFIX", "read_rows", "write_rows", "record_evaluation",
-           "record_server", "ranking", "spearman", "server_agreement", "format_leaderboard"]
+__all__ = ["BASE_COLUMNS", "SCORE_KEYS", "FAMILY_PREFIX", "read_rows", "write_rows", "record_evaluation",
+           "record_server", "ranking", "profiles_in", "local_scores", "server_fits", "best_fit",
+           "format_leaderboard"]

@@ -57,9 +57,16 @@ def score(labels, predictions, num_classes: int = NUM_CLASSES) -> dict:
 
 
 def codabench_scores(metrics: dict, duration: float | None = None) -> dict:
-    """The flat `scores.json` Codabench's leaderboard reads: numbers only."""
-    scores = {"accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
-              "macro_f1": metrics["macro_f1"]}
+    """The flat `scores.json` Codabench's leaderboard reads: numbers only (with each
+    score's 95 % interval as `<score>_ci_low` / `_ci_high` and the image count `n` when
+    the metrics carry them, see bloodcells.stats)."""
+    scores = {}
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        scores[key] = metrics[key]
+        if f"{key}_ci" in metrics:
+            scores[f"{key}_ci_low"], scores[f"{key}_ci_high"] = metrics[f"{key}_ci"]
+    if "n" in metrics and any(k.endswith("_ci") for k in metrics):
+        scores["n"] = metrics["n"]
     if duration is not None:
         scores["duration"] = float(duration)
     return scores

@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from bloodcells import leaderboard as board
+from bloodcells import stats as bstats
 from bloodcells.cli import UserError
 from tests.conftest import REPO
 
@@ -51,22 +52,39 @@ def test_ranking_and_spearman():
     rows = [row("a", 0.99, 0.40), row("b", 0.90, 0.60), row("c", 0.95, ""), row("d", 0.80, 0.55)]
     assert [r["zip_sha256"] for r in board.ranking(rows)] == ["b", "d", "a", "c"]
     x, y = [0.1, 0.4, 0.4, 0.9, 0.3], [1, 3, 2, 5, 2]
-    assert board.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
-    assert np.isnan(board.spearman([1, 1, 1], [1, 2, 3]))
+    assert bstats.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert np.isnan(bstats.spearman([1, 1, 1], [1, 2, 3]))
 
 
-def test_agreement_needs_three_server_scores_and_names_the_best_predictor():
-    rows = [row("a", 0.99, 0.40, server_score=0.42), row("b", 0.90, 0.60, server_score=0.61)]
-    assert board.server_agreement(rows) == {}
-    assert "2 server score(s) recorded" in board.format_leaderboard(rows)
-    # Clean accuracy ranks them the wrong way round; the server-like profile the right way.
-    rows.append(row("c", 0.97, 0.50, server_score=0.52))
-    agreement = board.server_agreement(rows)
-    assert agreement["acc_server"] == (pytest.approx(1.0), 3)
-    assert agreement["acc_none"] == (pytest.approx(-1.0), 3)
+def test_leaderboard_columns_are_generic_per_profile_and_show_intervals():
+    rows = [row("a", 0.9, 0.5, acc_server_lo=0.45, acc_server_hi=0.55, acc_server_min=0.48, acc_server_max=0.52,
+                seeds_server="1 2 3", acc_second_opinion=0.6, acc_second_opinion_lo=0.57, acc_second_opinion_hi=0.63)]
+    assert board.profiles_in(rows) == ["none", "server", "second_opinion"]
+    assert "acc_second_opinion" in board.local_scores(rows)
     text = board.format_leaderboard(rows)
-    assert "acc_server   rho +1.00  (n=3)  <- trust this one" in text
-    assert "acc_none     rho -1.00" in text
+    header, line = text.splitlines()[:2]
+    assert "server-like %" in header and "second_opinion %" in header and "server-like per seed" in header
+    assert "50.0 [45.0, 55.0]" in line and "48.0-52.0 (seeds 1,2,3)" in line and "60.0 [57.0, 63.0]" in line
+
+
+def test_expected_server_score_needs_three_server_scores_and_names_the_best_predictor():
+    rows = [row("a", 0.99, 0.40, server_score=0.42), row("b", 0.90, 0.60, server_score=0.61)]
+    assert not any(f.ok for f in board.server_fits(rows).values())
+    text = board.format_leaderboard(rows)
+    assert "2 server score(s) recorded" in text and "expected server" not in text.splitlines()[0]
+    # Clean accuracy ranks them the wrong way round; the server-like profile nearly on a line.
+    rows.append(row("c", 0.97, 0.50, server_score=0.52))
+    rows.append(row("d", 0.95, 0.55))  # no server score yet: gets an expected one
+    fits = board.server_fits(rows)
+    assert fits["acc_server"].rho == pytest.approx(1.0) and fits["acc_none"].rho == pytest.approx(-1.0)
+    assert board.best_fit(fits)[0] == "acc_server"
+    text = board.format_leaderboard(rows)
+    assert "<- predicts best" in text.split("acc_server ")[1].splitlines()[0]
+    assert "expected server = " in text and "fit of acc_server" in text
+    line_d = next(line for line in text.splitlines() if line.split()[1:2] == ["d.zip"])
+    expected, low, high = fits["acc_server"].predict(0.55)
+    assert f"{100 * expected:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in line_d
+    assert 0.55 < expected < 0.59  # between c's and b's server scores
 
 
 def test_a_failed_write_leaves_the_old_leaderboard_intact(tmp_path, monkeypatch):
@@ -89,6 +107,7 @@ KILLED_WRITER = r'''
 import sys, time
 from pathlib import Path
 from bloodcells import leaderboard as board
+from bloodcells import stats as bstats
 
 class Slow:
     def __str__(self):
@@ -156,5 +175,5 @@ def test_cli_record_server_and_print_leaderboard(tmp_path):
     assert shown.returncode == 0
     lines = shown.stdout.splitlines()
     assert lines[1].split()[1] == "sub2.zip"  # best server-like accuracy first
-    assert "acc_server   rho +1.00  (n=3)  <- trust this one" in shown.stdout
+    assert "acc_server" in shown.stdout and "rho +1.00  (n=3)" in shown.stdout and "<- predicts best" in shown.stdout
     assert "61.0" in shown.stdout

@@ -231,22 +231,26 @@ def test_local_eval_scores_figures_report_and_leaderboard(pixel_zip, test_set, t
     assert "#1 of 1" in result.stdout
 
 
-def test_shifted_sets_are_cached_and_reused(pixel_zip, test_set, tmp_path):
+def test_shifted_sets_are_cached_and_reused_one_per_seed(pixel_zip, test_set, tmp_path):
     data, labels, _ = test_set
     first = run_local_eval(tmp_path, pixel_zip, "--data", data, "--profile", "server")
     assert first.returncode == 0, first.stderr
-    caches = list((tmp_path / "cache").glob("*_server_0.npz"))
-    assert len(caches) == 1
-    with np.load(caches[0]) as cached:
-        assert np.array_equal(cached["images"], shift.apply_shift(np.load(data)["images"], "server", 0))
+    assert "shift seeds 1, 2, 3" in first.stdout  # the default: seeds training never selects with
+    caches = sorted((tmp_path / "cache").glob("*_server_*.npz"))
+    assert [c.stem.rsplit("_", 1)[1] for c in caches] == ["1", "2", "3"]
+    with np.load(caches[1]) as cached:
+        assert np.array_equal(cached["images"], shift.apply_shift(np.load(data)["images"], "server", 2))
         ops = cached["ops"]
         code = cached["shift_code"]
-    # Replace the cached images: the next evaluation must use them, not recompute.
+    # Replace seed 2's cached images: the next evaluation must use them, not recompute.
     planted = encoded_images(labels)  # the pixel model scores 100 % on these
-    np.savez(caches[0], images=planted, ops=ops, shift_code=code)
+    np.savez(caches[1], images=planted, ops=ops, shift_code=code)
     second = run_local_eval(tmp_path, pixel_zip, "--data", data, "--profile", "server")
     assert second.returncode == 0, second.stderr
-    assert json.loads((tmp_path / "eval" / "pixel" / "server" / "scores.json").read_text())["accuracy"] == 1.0
+    metrics = json.loads((tmp_path / "eval" / "pixel" / "server" / "metrics.json").read_text())
+    assert metrics["sets"]["server_seed2"]["accuracy"] == 1.0
+    assert metrics["sets"]["server_seed1"]["accuracy"] < 1.0
+    assert metrics["accuracy"] == pytest.approx(np.mean([v["accuracy"] for v in metrics["sets"].values()]))
 
 
 def test_failed_submission_gets_log_no_scores_and_exit_1(tmp_path, test_set):
