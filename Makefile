@@ -60,7 +60,8 @@ $(SERVER_VENV)/.installed: requirements-server.txt
 test: $(INSTALLED)
 	$(PY) -m pytest -q
 
-# -- demo: clean -> train -> submission/*.zip -> local evaluation -> leaderboard line ---------
+# -- demo: clean -> train -> submission/*.zip -> local evaluation -> leaderboard line, then a
+#    second zip (the same weights, one view) compared with the first on the same images ------
 demo: $(INSTALLED)
 	@mkdir -p $(DEMO)
 	$(PY) -m bloodcells.synth --out $(DEMO)/raw.npz --seed $(SEED)
@@ -71,13 +72,17 @@ demo: $(INSTALLED)
 		--export $(DEMO)/weights --seed $(SEED)
 	$(PY) build_submission.py --weights $(DEMO)/weights --out submission | tee $(DEMO)/submission.log
 	$(PY) local_eval.py "$$(tail -n 1 $(DEMO)/submission.log)" --data $(DEMO)/test.npz
+	@echo "== a second candidate: the same weights without test-time augmentation; is the first really better?"
+	$(PY) build_submission.py --weights $(DEMO)/weights --tta 1 --out submission | tee $(DEMO)/submission_tta1.log
+	$(PY) local_eval.py "$$(tail -n 1 $(DEMO)/submission_tta1.log)" --data $(DEMO)/test.npz
 	$(PY) local_eval.py --leaderboard
+	$(PY) local_eval.py --compare "$$(tail -n 1 $(DEMO)/submission.log)" "$$(tail -n 1 $(DEMO)/submission_tta1.log)"
 	@echo
 	@echo "demo outputs:"
 	@echo "  synthetic training set     $(DEMO)/raw.npz (preview: $(DEMO)/raw_preview.png)"
 	@echo "  cleaned set and report     $(DEMO)/clean.npz, $(DEMO)/clean_report/"
 	@echo "  training run and export    $(DEMO)/run/, $(DEMO)/weights/"
-	@echo "  submission zip             $$(tail -n 1 $(DEMO)/submission.log)"
+	@echo "  submission zips            $$(tail -n 1 $(DEMO)/submission.log) (8-view TTA), $$(tail -n 1 $(DEMO)/submission_tta1.log) (1 view)"
 	@echo "  local evaluation           submission/eval/$$(basename $$(tail -n 1 $(DEMO)/submission.log) .zip)/report.html"
 	@echo "  leaderboard                submission/leaderboard.csv"
 
@@ -122,13 +127,19 @@ server-check-tiny: $(INSTALLED) $(SERVER_VENV)/.installed
 
 # -- local evaluation like the server: clean and server-like shifted test, scores, figures,
 #    submission/eval/<zip>/report.html, a row in submission/leaderboard.csv
-#    Optional: SPLIT=val PROFILE="none server sweep" EVAL_ARGS="--time-limit 600 --seed 0"
+#    Optional: SPLIT=val PROFILE="none server sweep" EVAL_ARGS="--time-limit 600 --seeds 1 2 3"
 eval: $(INSTALLED)
 	@test -n "$(ZIP)" || { echo "error: ZIP: no submission zip in submission/; run make submission or pass ZIP=path" >&2; exit 2; }
 	$(PY) local_eval.py $(ZIP) --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) $(if $(PROFILE),--profile $(PROFILE)) $(EVAL_ARGS)
 
 leaderboard: $(INSTALLED)
 	$(PY) local_eval.py --leaderboard
+
+# Paired comparison of two evaluated zips on the same images: make compare A=old.zip B=new.zip
+.PHONY: compare
+compare: $(INSTALLED)
+	@test -n "$(A)" -a -n "$(B)" || { echo "error: A, B: expected two evaluated zips, e.g. make compare A=submission/old.zip B=submission/new.zip" >&2; exit 2; }
+	$(PY) local_eval.py --compare $(A) $(B)
 
 # Grids to look at: clean/shifted pairs (build/shift_preview.png) and every family x severity
 # on one image (build/shift_sweep_preview.png). SPLIT=val for MedMNIST files.

@@ -1,11 +1,12 @@
-"""Test-time distribution shift: the corruptions the competition's hidden test set had.
+"""Test-time distribution shift: our model of the corruptions in the competition's hidden test
+set (a guess from published team reports, not a copy of it: README, "What is known about the server").
 
 Named corruption families, each with severities 1-5 (1 barely visible, 5 strong but the
 cell is still recognisable). Profiles:
 
   * `none`   - images unchanged;
   * `server` - every image gets 1-3 random operations (random families, random severity,
-               random order), RandAugment/AugMix-like, as the competition's test looked;
+               random order), RandAugment/AugMix-like, our guess at the competition's test;
   * `sweep`  - one family at one severity per image, cycling through all of them, so a
                single set covers the robustness table evenly. `sweep(images, seed)`
                yields the full table instead: every family at every severity.
