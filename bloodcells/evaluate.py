@@ -256,12 +256,18 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
     table = {f: {s: (accuracy[f"{f}_s{s}"], len(index)) for s in shift.SEVERITIES} for f in shift.FAMILIES}
     for f in shift.FAMILIES:
         table[f]["all"] = (float(np.mean([accuracy[f"{f}_s{s}"] for s in shift.SEVERITIES])), len(index) * 5)
-    corrupted = [v for k, v in accuracy.items() if k != "clean"]
+    corrupted = np.stack([p for name, p in result.predictions.items() if name != "clean"])
     worst = sorted(shift.FAMILIES, key=lambda f: table[f]["all"][0])[:3]
-    metrics.update({"accuracy": float(np.mean(corrupted)), "clean_accuracy": accuracy["clean"],
+    # The mean over every family x severity, its interval from resampling the subset's images.
+    metrics.update({k: v for k, v in stats.score_intervals(labels, corrupted).items() if k in INTERVAL_KEYS})
+    metrics.update({"clean_accuracy": accuracy["clean"],
+                    "clean_accuracy_ci": list(stats.wilson_interval(int(round(accuracy["clean"] * len(index))),
+                                                                    len(index))),
                     "families": table, "sets": accuracy, "seed": seed,
                     "worst_families": [[f, table[f]["all"][0]] for f in worst]})
     write_json_atomic(out / "scores.json", {"accuracy": metrics["accuracy"],
+                                            "accuracy_ci_low": metrics["accuracy_ci"][0],
+                                            "accuracy_ci_high": metrics["accuracy_ci"][1], "n": len(index),
                                             "clean_accuracy": accuracy["clean"],
                                             "duration": (result.init_seconds or 0) + metrics["predict_seconds"]})
     write_json_atomic(out / "metrics.json", metrics)
@@ -270,8 +276,10 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
     write_text_atomic(out / "sweep.csv", "\n".join(lines) + "\n")
     report.save_family_accuracy(out / "families.png", table, reference=accuracy["clean"],
                                 title=f"Sweep: accuracy per family and severity ({len(index)} images each)")
-    print(f"sweep: mean accuracy over corruptions {100 * metrics['accuracy']:.1f} % (clean subset "
-          f"{100 * accuracy['clean']:.1f} %, {len(index)} images); worst families: {_worst_text(metrics)} "
+    low, high = metrics["accuracy_ci"]
+    print(f"sweep: mean accuracy over corruptions {100 * metrics['accuracy']:.1f} % [{100 * low:.1f}, "
+          f"{100 * high:.1f}] (clean subset {100 * accuracy['clean']:.1f} %, {len(index)} images); "
+          f"worst families: {_worst_text(metrics)} "
           f"-> {out / 'scores.json'}")
     return metrics
 
@@ -322,10 +330,10 @@ def write_report(eval_dir: Path, zip_name: str, zip_sha: str) -> Path:
             continue
         summary.append({"profile": profile, "status": m["status"], "images": m.get("n"),
                         "shift seeds": " ".join(map(str, m.get("seeds") or [])) or m.get("seed", ""),
-                        "accuracy %": _pct(m.get("accuracy")), "95 % interval": _ci(m, "accuracy"),
+                        "accuracy %": _pct(m.get("accuracy")), "accuracy 95 % CI": _ci(m, "accuracy"),
                         "balanced acc. %": _pct(m.get("balanced_accuracy")),
-                        "95 % interval ": _ci(m, "balanced_accuracy"),
-                        "macro-F1 %": _pct(m.get("macro_f1")), "95 % interval  ": _ci(m, "macro_f1"),
+                        "balanced 95 % CI": _ci(m, "balanced_accuracy"),
+                        "macro-F1 %": _pct(m.get("macro_f1")), "macro-F1 95 % CI": _ci(m, "macro_f1"),
                         "Model() s": m.get("init_seconds"),
                         "predict s": m.get("predict_seconds"), "evaluated": m.get("time")})
         section = {"heading": f"Profile: {profile}"}
@@ -342,7 +350,8 @@ def write_report(eval_dir: Path, zip_name: str, zip_sha: str) -> Path:
             section["figures"] = figures
             tables = []
             if "per_class" in m:
-                tables.append({"caption": "Per class", "rows": [
+                caption = "Per class" + (" (first shift seed)" if len(m.get("sets") or {}) > 1 else "")
+                tables.append({"caption": caption, "rows": [
                     {"class": name, "precision %": _pct(v["precision"]), "recall %": _pct(v["recall"]),
                      "F1 %": _pct(v["f1"]), "support": v["support"]} for name, v in m["per_class"].items()]})
             if len(m.get("sets") or {}) > 1 and "accuracy_spread" in m:
@@ -407,7 +416,7 @@ def leaderboard_row(common, results: dict, run_seconds: float) -> dict:
     for profile, m in results.items():
         ok = m["status"] == "ok"
         for short, key in board.SCORE_KEYS.items():
-            if key not in m and not (profile == "sweep" and short == "acc"):
+            if ok and key not in m:
                 continue
             row[f"{short}_{profile}"] = m.get(key) if ok else ""
             ci = m.get(f"{key}_ci") if ok else None

@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from bloodcells import shift
+from bloodcells import shift, stats
 from bloodcells.ingestion import run_submission, validate_predictions
 from bloodcells.scoring import codabench_scores, confusion_matrix, family_severity_accuracy, score
 from tests.conftest import REPO, snapshot
@@ -219,6 +219,13 @@ def test_local_eval_scores_figures_report_and_leaderboard(pixel_zip, test_set, t
     folder = tmp_path / "eval" / "pixel"
     clean = json.loads((folder / "none" / "scores.json").read_text())
     assert clean["accuracy"] == pytest.approx(21 / 24)
+    # Every score with its 95 % interval and the image count (Wilson for accuracy).
+    assert [clean["accuracy_ci_low"], clean["accuracy_ci_high"]] == pytest.approx(
+        list(stats.wilson_interval(21, 24)))
+    assert clean["n"] == 24 and clean["macro_f1_ci_low"] <= clean["macro_f1"] <= clean["macro_f1_ci_high"]
+    low, high = stats.wilson_interval(21, 24)
+    assert f"clean 87.5 [{100 * low:.1f}, {100 * high:.1f}]" in result.stdout  # the leaderboard line
+    assert "95 % intervals over 24 images" in result.stdout
     assert clean["macro_f1"] == pytest.approx(score(labels, predicted)["macro_f1"])
     shifted = json.loads((folder / "server" / "scores.json").read_text())
     assert 0 <= shifted["accuracy"] < clean["accuracy"]  # the pixel code is destroyed by most corruptions
@@ -229,6 +236,10 @@ def test_local_eval_scores_figures_report_and_leaderboard(pixel_zip, test_set, t
     assert "none/confusion.png" in page and "server/families.png" in page
     rows = (tmp_path / "leaderboard.csv").read_text().splitlines()
     assert len(rows) == 2 and "pixel.zip" in rows[1]
+    header = rows[0].split(",")
+    for column in ("acc_none_lo", "acc_none_hi", "acc_server_lo", "acc_server_min", "acc_server_max", "n_server",
+                   "seeds_server"):
+        assert column in header, column
     assert "#1 of 1" in result.stdout
 
 
