@@ -48,7 +48,7 @@ def parse_args(argv):
     parser.add_argument("--data", help="labelled test data (any format bloodcells.data reads)")
     parser.add_argument("--split", default=None, help="MedMNIST split (default: test, else val)")
     parser.add_argument("--profile", nargs="+", default=list(DEFAULT_PROFILES),
-                        help=f"shift profiles among {', '.join(shift.PROFILES)} (default: none server)")
+                        help=f"shift profiles among {', '.join(shift.PROFILES)} (default: {' '.join(DEFAULT_PROFILES)})")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_SEEDS),
                         help=f"shift seeds, one draw each (default {' '.join(map(str, EVAL_SEEDS))}; "
                              f"training selects epochs with seed 0)")

@@ -211,6 +211,10 @@ def evaluate_profile(zip_path, data, profile, args, common) -> dict:
                                     reference=common.get("clean_accuracy"))
     print(f"{profile}: {describe_estimate(metrics)}; Model() {_s(result.init_seconds)}, "
           f"predict {_s(metrics['predict_seconds'])} -> {out / 'scores.json'}")
+    if "families" in metrics:
+        worst = sorted(metrics["families"].items(), key=lambda kv: kv[1]["all"][0])[:3]
+        print(f"{profile}: worst families (images each touched, all draws): "
+              + ", ".join(f"{f} {100 * c['all'][0]:.1f} % of {c['all'][1]}" for f, c in worst))
     if result.message:
         print(f"{profile}: note: {result.message}")
     return metrics
