@@ -2,7 +2,8 @@
 classifier, and ship a competition submission that is checked before upload.
 
 One job per module: data (load and validate), synth (demo data), clean, augment,
-models, train, shift (test-time corruptions), report (figures), leaderboard.
+models, train, shift (test-time corruptions), report (figures), leaderboard, stats
+(intervals, paired tests, server-score fit), compare (two evaluations on the same images).
 """
 
 CLASS_NAMES = (

@@ -27,6 +27,7 @@ DEFAULT_PROFILES = ("none", "server")
 # Shift seeds of the evaluation: several draws of the shift, none of them the seed training
 # selects epochs with (configs' [shift] seed = 0).
 EVAL_SEEDS = (1, 2, 3)
+TRAINING_SHIFT_SEED = 0
 # Pairs of shift estimates that should agree; when their intervals do not overlap, the output
 # says so (two independent models of the server's shift disagree).
 CROSS_CHECKS = (("server", "second_opinion"),)
@@ -152,7 +153,10 @@ def evaluate_profile(zip_path, data, profile, args, common) -> dict:
         origin[name] = {"seed": seed, "shift_code": code,
                         "images_sha256": data_fingerprint(sets[name], data.labels)}
     n = len(data.images)
-    draws = "" if seeds == [None] else f", shift seeds {', '.join(map(str, seeds))}"
+    draws = "" if seeds == [None] else f", shift seeds {', '.join(map(str, seeds))} (cached in {args.cache_dir})"
+    if TRAINING_SHIFT_SEED in seeds and profile != "none":
+        print(f"{profile}: note: shift seed {TRAINING_SHIFT_SEED} is the one training configs select epochs "
+              f"with ([shift] seed): a model selected on it scores optimistically there")
     print(f"{profile}: running {Path(zip_path).name} on {n} images{draws} "
           f"(time limit {args.time_limit:g} s per set)", flush=True)
     result = run_submission(zip_path, sets, args.time_limit * len(sets), python=args.python,

@@ -247,7 +247,8 @@ def test_shifted_sets_are_cached_and_reused_one_per_seed(pixel_zip, test_set, tm
     data, labels, _ = test_set
     first = run_local_eval(tmp_path, pixel_zip, "--data", data, "--profile", "server")
     assert first.returncode == 0, first.stderr
-    assert "shift seeds 1, 2, 3" in first.stdout  # the default: seeds training never selects with
+    assert "shift seeds 1, 2, 3 (cached in " in first.stdout  # the default: seeds training never selects with
+    assert "select epochs with" not in first.stdout
     caches = sorted((tmp_path / "cache").glob("*_server_*.npz"))
     assert [c.stem.rsplit("_", 1)[1] for c in caches] == ["1", "2", "3"]
     with np.load(caches[1]) as cached:
@@ -263,6 +264,8 @@ def test_shifted_sets_are_cached_and_reused_one_per_seed(pixel_zip, test_set, tm
     assert metrics["sets"]["server_seed2"]["accuracy"] == 1.0
     assert metrics["sets"]["server_seed1"]["accuracy"] < 1.0
     assert metrics["accuracy"] == pytest.approx(np.mean([v["accuracy"] for v in metrics["sets"].values()]))
+    training_seed = run_local_eval(tmp_path, pixel_zip, "--data", data, "--profile", "server", "--seed", "0")
+    assert "shift seed 0 is the one training configs select epochs with" in training_seed.stdout
 
 
 def test_failed_submission_gets_log_no_scores_and_exit_1(tmp_path, test_set):

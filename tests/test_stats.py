@@ -46,6 +46,7 @@ def test_score_intervals_of_one_set():
     assert stats.score_intervals(labels, predictions) == out
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_class_metrics_equal_scikit_learn():
     from sklearn import metrics as sk
 
