@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells import IMAGE_SIZE, NUM_CLASSES
+from bloodcells.budget import DEFAULT_MARGIN
 from bloodcells.cli import UserError, run_cli
 from bloodcells.files import atomic_path, sha256_file
 from bloodcells.models import SPEC_FORMAT, export, make_spec, read_export, shipped_model_module
@@ -625,8 +626,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--fit-budget", action="store_true",
                     help="measure this machine's speed and choose the TTA views (at most --tta; then drop the slowest "
                          "members) so --test-images fit --time-limit on a server --speedup times faster")
-    ap.add_argument("--budget-margin", type=float, default=0.25,
-                    help="--fit-budget: share of --time-limit kept free (default 0.25)")
+    ap.add_argument("--budget-margin", type=float, default=DEFAULT_MARGIN,
+                    help=f"--fit-budget: share of --time-limit kept free (default {DEFAULT_MARGIN:g})")
     ap.add_argument("--check", type=Path, metavar="ZIP", help="only validate an existing zip")
     ap.add_argument("--python", help="interpreter that runs the validation (e.g. .venv-server/bin/python); "
                                      "then this interpreter's probabilities must match (parity)")
