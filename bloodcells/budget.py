@@ -1,8 +1,9 @@
 """`build_submission.py --fit-budget`: a submission that fits its time limit by construction.
 
 Measures how fast this machine runs each ensemble member's network through the shipped
-`model.py` (staged with one TTA view, in a fresh process, the interpreter the validation
-uses), scales by `--speedup`, and chooses the number of TTA views so that
+`model.py` (staged with one TTA view, in a fresh process of the interpreter the validation
+uses, median of three timed calls), scales by `--speedup`, and chooses the number of TTA
+views so that
 
     (fixed costs + test images x sum over members of views x seconds per image-view) / speedup
         <= time limit x (1 - margin)
@@ -104,28 +105,70 @@ def plan_budget(rates: list, max_views: int, time_limit_s: float, test_images: i
                     f"minus {margin:.0%} margin); use a smaller backbone, or set --speedup for a faster server")
 
 
-def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, timeout_s: float = 1800.0) -> list:
-    """Each member alone, staged with one view, run through `model.py` in a fresh process
-    (bloodcells.submission.run_folder): its seconds per image-view from the timed second
-    call, its fixed costs from import, Model() and the first call (minus one pass)."""
+# The measuring process: numpy and the submission's model.py only, so any interpreter
+# (e.g. the server-pinned .venv-server) runs it; the working directory is elsewhere.
+CHILD = r"""
+import json, os, sys, time
+sub, probe_path, out_path, passes = sys.argv[1:5]
+t = time.perf_counter()
+import numpy as np
+X = np.load(probe_path)
+sys.path.insert(0, sub)
+from model import Model
+res = {"import_s": time.perf_counter() - t}
+t = time.perf_counter(); M = Model(); res["load_s"] = time.perf_counter() - t
+t = time.perf_counter(); M.predict(X); res["first_s"] = time.perf_counter() - t
+res["pass_s"] = []
+for _ in range(int(passes)):
+    t = time.perf_counter(); M.predict(X); res["pass_s"].append(time.perf_counter() - t)
+with open(out_path, "w") as fh:
+    json.dump(res, fh)
+"""
+
+
+def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int = 3,
+            timeout_s: float = 1800.0) -> list:
+    """Each member alone, staged with one view, run through `model.py` in a fresh process:
+    seconds per image-view from the median of `passes` timed calls, fixed costs from
+    import, Model() and the first call (minus one pass)."""
+    import json
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    import numpy as np
+
     from bloodcells.cli import Progress
     from bloodcells.models import read_export
-    from bloodcells.submission import probe_images, run_folder, stage
+    from bloodcells.submission import probe_images, stage
 
     probe = probe_images(images, seed=7)
     progress = Progress(len(weights_dirs), "measuring each member's speed (one view)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    env.update(PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONNOUSERSITE="1")
     rates = []
     with tempfile.TemporaryDirectory(prefix="bloodcells_budget_") as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "probe.npy", probe)
+        (tmp / "child.py").write_text(CHILD)
         for i, src in enumerate(weights_dirs):
-            folder = Path(tmp) / f"member{i}"
+            folder, out = tmp / f"member{i}", tmp / f"member{i}.json"
             stage([src], folder, tta=1)
-            result, _, _ = run_folder(folder, python, probe, timeout_s)
-            if "error" in result:
-                raise UserError(f"--fit-budget: {src}: the model did not run ({result.get('stage')}): "
-                                f"{result['error'].strip().splitlines()[-1]}")
-            per_view = result["second_s"] / images
-            fixed = result["import_s"] + result["load_s"] + max(0.0, result["first_s"] - result["second_s"])
-            rates.append(Rate(str(read_export(src)[0].get("name") or Path(src).name), Path(src), per_view, fixed))
+            try:
+                proc = subprocess.run([os.path.abspath(python or sys.executable), str(tmp / "child.py"), str(folder),
+                                       str(tmp / "probe.npy"), str(out), str(passes)], cwd=tmp, env=env,
+                                      capture_output=True, text=True, timeout=timeout_s)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise UserError(f"--fit-budget: {src}: could not measure the model ({exc})") from None
+            if proc.returncode or not out.is_file():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise UserError(f"--fit-budget: {src}: the model did not run: {last}")
+            result = json.loads(out.read_text())
+            one_pass = statistics.median(result["pass_s"])
+            fixed = result["import_s"] + result["load_s"] + max(0.0, result["first_s"] - one_pass)
+            rates.append(Rate(str(read_export(src)[0].get("name") or Path(src).name), Path(src), one_pass / images,
+                              fixed))
             progress.update()
     return rates
 
