@@ -9,7 +9,7 @@ network) and its weights file (Keras `save_weights` format, float32 or float16).
 `.keras` files are not used: one saved by a newer Keras fails to load on the server's.
 Several pairs form an ensemble (probabilities averaged).
 
-Test-time augmentation: each JSON's "tta" gives the number of views (identity plus
+Test-time augmentation: each JSON's "tta" (the one place it is set) gives the number of views (identity plus
 flips, quarter turns, small shifts, mild brightness/contrast, fixed seeds; or the 8
 flips/rotations), and the merge (softmax of the mean logits, or mean of probabilities).
 All views of a batch go through the network in one compiled call; images stream in
@@ -261,18 +261,51 @@ def _load_weights(net, path):
     net.load_weights(path)
 
 
+# Pixel scales model.py accepts. The server hands 0-255 (uint8, possibly float); float
+# images in 0-1 are recognised (over the whole X, never per batch) and scaled. Values
+# slightly outside the range (resampling overshoot, rounding) are clipped; anything
+# further out than RANGE_SLACK of the range is not an image in that scale and raises.
+RANGE_SLACK = 1.0 / 8.0
+CHECK_CHUNK = 1024  # images per chunk of the one pass over X (no full-size temporaries)
+
+
+def pixel_scale(X):
+    """Factor that brings X to 0-255 (1 or 255), from one chunked min/max pass over X.
+    NaN and infinity propagate through min/max, so they cost no separate pass."""
+    if X.dtype == np.uint8 or len(X) == 0:
+        return 1.0
+    lo, hi, bad = np.inf, -np.inf, None
+    for start in range(0, len(X), CHECK_CHUNK):
+        chunk = X[start:start + CHECK_CHUNK]
+        c_lo, c_hi = chunk.min(), chunk.max()
+        if not (np.isfinite(c_lo) and np.isfinite(c_hi)):
+            rows = ~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+            bad = start + int(np.argmax(rows))
+            raise ValueError(f"X contains NaN or infinite values (first in image {bad})")
+        lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
+    if X.dtype.kind == "f" and hi <= 1.0 + RANGE_SLACK:
+        if lo < -RANGE_SLACK:
+            raise ValueError(f"X must hold pixels in 0-255 (or floats in 0-1), got values in [{lo:g}, {hi:g}]")
+        return 255.0
+    if lo < -255.0 * RANGE_SLACK or hi > 255.0 * (1.0 + RANGE_SLACK):
+        raise ValueError(f"X must hold pixels in 0-255 (or floats in 0-1), got values in [{lo:g}, {hi:g}]")
+    return 1.0
+
+
+def batch_bounds(n, images_per_call):
+    """Start/stop of each call: as few calls as `images_per_call` allows, sizes within one
+    image of each other (no short last batch)."""
+    calls = -(-n // max(1, int(images_per_call)))
+    return [(n * i // calls, n * (i + 1) // calls) for i in range(calls)]
+
+
 class Model:
     """The server's entry point: `Model()` then `predict(X)` -> (n,) int64 labels.
 
     Every `*.json` next to this file with format bloodcells-model/1 is a member (several:
-    their probabilities are averaged). Each member applies its JSON's TTA ("tta": views,
-    mode, merge). For experiments, override them for all members with the class
-    attributes `views`, `mode`, `merge` (set before `Model()`, or call `set_tta`), or
-    the environment variables BLOODCELLS_TTA_VIEWS / _MODE / _MERGE."""
+    their probabilities are averaged). Each member applies its JSON's "tta" (views, mode,
+    merge): that is the one place TTA is set (`build_submission.py --tta` rewrites it)."""
 
-    views = None  # None: from the environment, else from each JSON
-    mode = None
-    merge = None
     batch_size = 128  # network rows per compiled call (images x views): memory does not grow with n
 
     def __init__(self):
@@ -285,37 +318,29 @@ class Model:
             net = build_network(spec)
             _load_weights(net, os.path.join(os.path.dirname(path), spec["weights_file"]))
             logits = keras.Model(net.input, net.get_layer("logits").output, name=net.name + "_logits")
-            self.members.append({"name": spec.get("name", os.path.basename(path)), "spec": spec,
-                                 "network": logits, "tta": dict(DEFAULT_TTA, **spec.get("tta", {}))})
+            tta = dict(DEFAULT_TTA, **spec.get("tta", {}))
+            if tta["merge"] not in MERGES:
+                raise ValueError(f"{os.path.basename(path)}: TTA merge must be one of {MERGES}, got {tta['merge']!r}")
+            plan = tta_plan(int(tta["views"]), tta["mode"])
+            self.members.append({"name": spec.get("name", os.path.basename(path)), "spec": spec, "network": logits,
+                                 "plan": plan, "tta": {"views": len(plan), "mode": tta["mode"], "merge": tta["merge"]}})
         self.input_size = int(specs[0][1].get("input_size", 96))
         self.num_classes = int(specs[0][1].get("num_classes", NUM_CLASSES))
         for _, spec in specs:
             if (int(spec.get("input_size", 96)), int(spec.get("num_classes", NUM_CLASSES))) != \
                     (self.input_size, self.num_classes):
                 raise ValueError("ensemble members disagree on input_size or num_classes")
-        self.set_tta(self.views, self.mode, self.merge)
-
-    def set_tta(self, views=None, mode=None, merge=None):
-        """Override TTA for every member (None keeps the environment's or the JSON's)."""
-        env = os.environ
-        override = {"views": views if views is not None else env.get("BLOODCELLS_TTA_VIEWS"),
-                    "mode": mode if mode is not None else env.get("BLOODCELLS_TTA_MODE"),
-                    "merge": merge if merge is not None else env.get("BLOODCELLS_TTA_MERGE")}
-        for member in self.members:
-            tta = dict(DEFAULT_TTA, **member["spec"].get("tta", {}))
-            tta.update({k: v for k, v in override.items() if v not in (None, "")})
-            if tta["merge"] not in MERGES:
-                raise ValueError(f"TTA merge must be one of {MERGES}, got {tta['merge']!r}")
-            member["plan"] = tta_plan(int(tta["views"]), tta["mode"])
-            member["tta"] = {"views": len(member["plan"]), "mode": tta["mode"], "merge": tta["merge"]}
         self.max_views = max(len(m["plan"]) for m in self.members)
-        signature = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)]
-        # One trace for every batch size: no retracing per batch or per call.
+        signature = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32),
+                     tf.TensorSpec([], tf.float32)]
+        # One trace for every batch size and pixel scale: no retracing per batch or per call.
         self._forward = tf.function(self._forward_graph, input_signature=signature)
 
-    def _forward_graph(self, x):
-        """All views of the batch through each network in one call (views x batch rows),
-        merged per member, then the members' probabilities averaged."""
+    def _forward_graph(self, x, scale):
+        """Pixels to 0-255 (scaled, clipped), then all views of the batch through each
+        network in one call (views x batch rows), merged per member, then the members'
+        probabilities averaged."""
+        x = tf.clip_by_value(x * scale, 0.0, 255.0)
         batch = tf.shape(x)[0]
         probs = []
         for member in self.members:
@@ -337,30 +362,18 @@ class Model:
             hint = " (one image? pass X[None])" if tuple(X.shape) == expected else ""
             raise ValueError(f"X must have shape (n, {expected[0]}, {expected[1]}, 3), got {X.shape}{hint}")
         if X.dtype.kind not in "uif":
-            raise ValueError(f"X must be uint8 or float pixels in 0-255, got dtype {X.dtype}")
+            raise ValueError(f"X must be uint8 or float pixels in 0-255 (or floats in 0-1), got dtype {X.dtype}")
         return X
 
-    @staticmethod
-    def _prepare(batch, start):
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.dtype.kind == "f" and not np.isfinite(batch).all():
-            bad = start + int(np.argwhere(~np.isfinite(batch).reshape(len(batch), -1).all(axis=1))[0, 0])
-            raise ValueError(f"X contains NaN or infinite values (first in image {bad})")
-        low, high = float(batch.min()), float(batch.max())
-        if low < -1.0 or high > 256.0:
-            raise ValueError(f"X must hold pixels in 0-255, got values in [{low:g}, {high:g}] "
-                             f"(images {start}-{start + len(batch) - 1})")
-        return np.clip(batch, 0.0, 255.0)
-
     def predict_proba(self, X):
-        """(n, 8) float32 class probabilities; X (n, 96, 96, 3) uint8 or float in 0-255."""
+        """(n, 8) float32 class probabilities; X (n, 96, 96, 3) uint8 or float in 0-255
+        (float in 0-1 is recognised and scaled)."""
         X = self._check_input(X)
-        n = len(X)
-        out = np.empty((n, self.num_classes), dtype=np.float32)
-        step = max(1, int(self.batch_size) // self.max_views)
-        for start in range(0, n, step):
-            batch = self._prepare(X[start:start + step], start)
-            out[start:start + len(batch)] = self._forward(tf.constant(batch)).numpy()
+        scale = tf.constant(pixel_scale(X), tf.float32)
+        out = np.empty((len(X), self.num_classes), dtype=np.float32)
+        for start, stop in batch_bounds(len(X), int(self.batch_size) // self.max_views):
+            batch = tf.constant(np.asarray(X[start:stop], dtype=np.float32))
+            out[start:stop] = self._forward(batch, scale).numpy()
         return out
 
     def predict(self, X):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells import IMAGE_SIZE, NUM_CLASSES
+from bloodcells.budget import DEFAULT_MARGIN
 from bloodcells.cli import UserError, run_cli
 from bloodcells.files import atomic_path, sha256_file
 from bloodcells.models import SPEC_FORMAT, export, make_spec, read_export, shipped_model_module
@@ -177,9 +178,11 @@ def _member_name(spec, taken) -> str:
     return name
 
 
-def stage(weights_dirs, folder, tta=None, tta_mode=None, tta_merge=None, half=False, model_py=MODEL_PY) -> dict:
+def stage(weights_dirs, folder, tta=None, tta_mode=None, tta_merge=None, half=False, model_py=MODEL_PY,
+          extra_spec=None) -> dict:
     """Lay out the submission's files in `folder` (all at its root) and write the
-    manifest. Returns the manifest."""
+    manifest; `extra_spec` adds keys to every member's JSON (e.g. the --fit-budget plan).
+    Returns the manifest."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_py, folder / "model.py")
@@ -193,6 +196,7 @@ def stage(weights_dirs, folder, tta=None, tta_mode=None, tta_merge=None, half=Fa
             if value is not None:
                 tta_spec[key] = value
         spec["tta"] = tta_spec
+        spec.update(extra_spec or {})
         if half:
             write_half_weights(weights, folder / spec["weights_file"])
             spec["weights_dtype"] = "float16"
@@ -619,6 +623,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tta-mode", choices=("random", "dihedral"), help="TTA views: random (default) or the 8 dihedral")
     ap.add_argument("--tta-merge", choices=("softmax_mean_logits", "mean_probs"), help="how views are merged")
     ap.add_argument("--half", action="store_true", help="store weights as float16 (checked against float32)")
+    ap.add_argument("--fit-budget", action="store_true",
+                    help="measure this machine's speed and choose the TTA views (at most --tta; then drop the slowest "
+                         "members) so --test-images fit --time-limit on a server --speedup times faster")
+    ap.add_argument("--budget-margin", type=float, default=DEFAULT_MARGIN,
+                    help=f"--fit-budget: share of --time-limit kept free (default {DEFAULT_MARGIN:g})")
     ap.add_argument("--check", type=Path, metavar="ZIP", help="only validate an existing zip")
     ap.add_argument("--python", help="interpreter that runs the validation (e.g. .venv-server/bin/python); "
                                      "then this interpreter's probabilities must match (parity)")
@@ -660,14 +669,20 @@ def main(argv=None):
     weights = args.weights or _default_weights()
     for w in weights:
         read_export(w)
+    extra_spec = None
+    if args.fit_budget:
+        from bloodcells.budget import fit_budget
+
+        plan = fit_budget(weights, limits, args.tta, args.tta_mode, args.python, args.budget_margin)
+        weights, args.tta, extra_spec = plan.weights, plan.views, {"budget": plan.record()}
     final = submission_path(args.out)
     with tempfile.TemporaryDirectory(prefix="bloodcells_stage_") as tmp:
         staged = Path(tmp) / "zip"
-        manifest = stage(weights, staged, args.tta, args.tta_mode, args.tta_merge, half=args.half)
+        manifest = stage(weights, staged, args.tta, args.tta_mode, args.tta_merge, half=args.half, extra_spec=extra_spec)
         reference = None
         if args.half:
             reference = Path(tmp) / "float32"
-            stage(weights, reference, args.tta, args.tta_mode, args.tta_merge, half=False)
+            stage(weights, reference, args.tta, args.tta_mode, args.tta_merge, half=False, extra_spec=extra_spec)
         for m in manifest["models"]:
             print(f"model {m['name']}: {m['backbone']} from {m['export']} (run {m['source_run']}), "
                   f"TTA {m['tta']}, weights {m['weights_dtype']}")

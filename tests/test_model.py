@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 from pathlib import Path
 
 import h5py
@@ -96,13 +97,58 @@ def test_wrong_shape_or_dtype_is_a_clear_error(model, bad, message):
         model.predict(bad)
 
 
-def test_nan_and_out_of_range_pixels_are_clear_errors(model, images):
+def test_nan_inf_and_far_out_of_range_pixels_are_clear_errors(model, images):
     x = images.astype(np.float32)
     x[3, 5, 5, 1] = np.nan
     with pytest.raises(ValueError, match="NaN.*image 3"):
         model.predict(x)
+    x[3, 5, 5, 1] = np.inf
+    with pytest.raises(ValueError, match="infinite.*image 3"):
+        model.predict(x)
     with pytest.raises(ValueError, match="0-255"):
         model.predict(images.astype(np.float32) * 4)
+    with pytest.raises(ValueError, match="0-255"):  # [-1, 1] is not 0-1
+        model.predict(images.astype(np.float32) / 127.5 - 1)
+
+
+def test_nan_is_found_in_a_later_chunk(shipped, images, monkeypatch):
+    module = load_shipped(shipped)
+    monkeypatch.setattr(module, "CHECK_CHUNK", 5)
+    x = images.astype(np.float64)
+    x[11, 0, 0, 0] = -np.inf
+    with pytest.raises(ValueError, match="image 11"):
+        module.Model().predict(x)
+
+
+def test_unit_floats_are_scaled_and_slight_overshoot_is_clipped(model, images):
+    p = model.predict_proba(images)
+    np.testing.assert_allclose(model.predict_proba(images.astype(np.float32) / 255.0), p, atol=1e-5)
+    np.testing.assert_allclose(model.predict_proba(images / 255.0), p, atol=1e-5)  # float64
+    over = images.astype(np.float32)
+    over[images == 0] = -3.0  # e.g. resampling overshoot
+    over[images == 255] = 258.5
+    over[0, 0, 0, :] = [-20.0, 270.0, 128.0]
+    clipped = np.clip(over, 0, 255)
+    assert not np.array_equal(over, clipped)
+    np.testing.assert_array_equal(model.predict_proba(over), model.predict_proba(clipped))
+    unit_over = clipped / 255.0
+    unit_over[0, 0, 0, :] = [-0.05, 1.05, 0.5]
+    np.testing.assert_allclose(model.predict_proba(unit_over), model.predict_proba(np.clip(unit_over, 0, 1) * 255),
+                               atol=1e-5)
+    # integers are never rescaled, even when all of X is 0 or 1
+    dark = np.ones_like(images)
+    np.testing.assert_array_equal(model.predict_proba(dark), model.predict_proba(dark.astype(np.int16)))
+    np.testing.assert_array_equal(model.predict_proba(dark.astype(np.float32)), model.predict_proba(dark * 255))
+
+
+def test_pixel_scale_decides_on_the_whole_x_not_per_batch(shipped):
+    module = load_shipped(shipped)
+    x = np.zeros((3, 96, 96, 3), np.float32)
+    x[2] = 200.0  # the first images alone would look like 0-1
+    assert module.pixel_scale(x) == 1.0
+    assert module.pixel_scale(x / 255.0) == 255.0
+    assert module.pixel_scale(x.astype(np.uint8)) == 1.0
+    assert module.pixel_scale(x.astype(np.int16) - 4) == 1.0
 
 
 def test_large_n_streams_in_fixed_batches_without_retracing(shipped, images):
@@ -111,17 +157,31 @@ def test_large_n_streams_in_fixed_batches_without_retracing(shipped, images):
     calls = []
     forward = m._forward
 
-    def counting(x):
+    def counting(x, scale):
         calls.append(int(x.shape[0]))
-        return forward(x)
+        return forward(x, scale)
 
     m._forward = counting
     big = np.concatenate([images] * 3)  # 36 images -> 9 calls
     p = m.predict_proba(big)
     assert calls == [4] * 9
     np.testing.assert_allclose(p, np.concatenate([m.predict_proba(images)] * 3), atol=1e-5)
-    m.predict_proba(images[:3])  # another batch size
+    calls.clear()
+    m.predict_proba(np.concatenate([images, images[:2]]))  # 14 images -> 4 calls, none short
+    assert calls == [3, 4, 3, 4]
+    m.predict_proba(images[:3].astype(np.float32) / 255)  # another batch size and pixel scale
     assert forward.experimental_get_tracing_count() == 1
+
+
+def test_batch_bounds_are_even(shipped):
+    module = load_shipped(shipped)
+    assert module.batch_bounds(0, 12) == []
+    assert module.batch_bounds(64, 12) == [(0, 10), (10, 21), (21, 32), (32, 42), (42, 53), (53, 64)]
+    for n, k in [(1, 12), (37, 4), (20000, 12), (5, 1)]:
+        b = module.batch_bounds(n, k)
+        sizes = [stop - start for start, stop in b]
+        assert b[0][0] == 0 and b[-1][1] == n and all(b[i][1] == b[i + 1][0] for i in range(len(b) - 1))
+        assert max(sizes) <= k and max(sizes) - min(sizes) <= 1 and len(b) == -(-n // k)
 
 
 def test_same_input_same_output_across_instances(shipped, model, images):
@@ -151,12 +211,14 @@ def _softmax(z):
 
 
 @pytest.mark.parametrize("mode, views", [("random", 10), ("dihedral", 8)])
-def test_every_view_reaches_the_network_and_merges_as_documented(shipped, images, mode, views):
-    module = load_shipped(shipped)
-    m = module.Model()
-    m.set_tta(views=1)
-    p1 = m.predict_proba(images)
-    m.set_tta(views=views, mode=mode)
+def test_every_view_reaches_the_network_and_merges_as_documented(exports, tmp_path, images, mode, views):
+    def staged(name, **tta):
+        stage([exports[0]], tmp_path / name, **tta)
+        return load_shipped(tmp_path / name)
+
+    module = staged("one", tta=1)
+    p1 = module.Model().predict_proba(images)
+    m = staged("many", tta=views, tta_mode=mode).Model()
     assert m.members[0]["tta"] == {"views": views, "mode": mode, "merge": "softmax_mean_logits"}
     pn = m.predict_proba(images)
     assert np.abs(pn - p1).max() > 1e-3, "TTA views changed nothing: they do not reach the network"
@@ -168,8 +230,8 @@ def test_every_view_reaches_the_network_and_merges_as_documented(shipped, images
     np.testing.assert_allclose(_softmax(logits[0]), p1, atol=1e-5)
     np.testing.assert_allclose(_softmax(logits.mean(axis=0)), pn, atol=1e-5)
 
-    m.set_tta(views=views, mode=mode, merge="mean_probs")
-    np.testing.assert_allclose(_softmax(logits).mean(axis=0), m.predict_proba(images), atol=1e-5)
+    mean = staged("mean", tta=views, tta_mode=mode, tta_merge="mean_probs").Model()
+    np.testing.assert_allclose(_softmax(logits).mean(axis=0), mean.predict_proba(images), atol=1e-5)
 
 
 def test_view_plan_is_fixed_label_preserving_and_a_prefix(shipped):
@@ -187,16 +249,22 @@ def test_view_plan_is_fixed_label_preserving_and_a_prefix(shipped):
             module.tta_plan(**bad)
 
 
-def test_views_from_json_class_attribute_and_environment(exports, tmp_path, monkeypatch):
+def test_tta_comes_from_the_json_only(exports, tmp_path, monkeypatch):
     stage([exports[0]], tmp_path, tta=3, tta_mode="random", tta_merge="mean_probs")
     module = load_shipped(tmp_path)
     assert module.Model().members[0]["tta"] == {"views": 3, "mode": "random", "merge": "mean_probs"}
+    # the former overrides (environment variables, class attributes, set_tta) are gone
     monkeypatch.setenv("BLOODCELLS_TTA_VIEWS", "1")
-    assert module.Model().members[0]["tta"]["views"] == 1
-    monkeypatch.setattr(module.Model, "views", 5)
-    assert module.Model().members[0]["tta"]["views"] == 5
-    with pytest.raises(ValueError, match="merge"):
-        module.Model().set_tta(merge="vote")
+    monkeypatch.setenv("BLOODCELLS_TTA_MERGE", "softmax_mean_logits")
+    monkeypatch.setattr(module.Model, "views", 5, raising=False)
+    m = module.Model()
+    assert m.members[0]["tta"] == {"views": 3, "mode": "random", "merge": "mean_probs"}
+    assert not hasattr(m, "set_tta")
+    spec_file = tmp_path / "a.json"
+    spec = json.loads(spec_file.read_text())
+    spec_file.write_text(json.dumps(dict(spec, tta=dict(spec["tta"], merge="vote"))))
+    with pytest.raises(ValueError, match="a.json: TTA merge"):
+        module.Model()
 
 
 def test_ensemble_averages_the_members_probabilities(exports, tmp_path, images):

@@ -194,9 +194,12 @@ def test_crash_in_model_is_reported_with_its_error(good_folder, tmp_path):
 
 def test_too_big_too_slow_and_no_parity(good_folder, tmp_path, capsys):
     z = make_zip(good_folder, tmp_path / "s.zip")
-    # "another interpreter" that computes differently: the same Python with TTA reduced to 1 view
+    # "another interpreter" that computes differently: the same Python on a copy of the
+    # submission whose JSON asks for 1 TTA view
     other = tmp_path / "other_python"
-    other.write_text(f'#!/bin/sh\nBLOODCELLS_TTA_VIEWS=1 exec "{sys.executable}" "$@"\n')
+    other.write_text(f'#!/bin/sh\ncopy="{tmp_path}/parity_copy" && rm -rf "$copy" && cp -r "$2" "$copy" && '
+                     f'sed -i \'s/"views": [0-9]*/"views": 1/\' "$copy"/*.json && '
+                     f'script="$1" && shift 2 && exec "{sys.executable}" "$script" "$copy" "$@"\n')
     other.chmod(0o755)
     code, out, err = build(["--check", str(z), "--max-size-mb", "0.01", "--time-limit", "0.5",
                             "--python", str(other), *FAST], capsys)

@@ -1,0 +1,199 @@
+"""`build_submission.py --fit-budget`: a submission that fits its time limit by construction.
+
+Measures how fast this machine runs each ensemble member's network through the shipped
+`model.py` (staged with one TTA view, in a fresh process of the interpreter the validation
+uses, median of three timed calls), scales by `--speedup`, and chooses the number of TTA
+views so that
+
+    (fixed costs + test images x sum over members of views x seconds per image-view) / speedup
+        <= time limit x (1 - margin)
+
+Fixed costs: import, `Model()` and the first call (tracing), per member. Views are reduced
+first (one number for every member); only when one view per member does not fit are
+members dropped, the slowest first. The plan is printed and written into every member's
+JSON ("tta" views and a "budget" record) and the manifest. Cost per view is linear:
+`model.py` keeps about `Model.batch_size` network rows per call whatever the views.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bloodcells.cli import UserError
+
+DEFAULT_MARGIN = 0.25  # share of the limit kept free: timing noise, a slower server, the data loading
+MEASURE_IMAGES = 128  # = model.py's rows per call at one view
+
+
+@dataclass
+class Rate:
+    """One member's measured cost on this machine."""
+
+    name: str
+    export: Path
+    seconds_per_view: float  # per image and view
+    fixed_s: float  # import + Model() + first call
+
+
+@dataclass
+class Plan:
+    views: int
+    members: list  # Rate of each kept member, in the given order
+    dropped: list = field(default_factory=list)
+    projected_s: float = 0.0
+    budget_s: float = 0.0
+    time_limit_s: float = 0.0
+    test_images: int = 0
+    speedup: float = 1.0
+    margin: float = DEFAULT_MARGIN
+
+    @property
+    def weights(self) -> list:
+        return [m.export for m in self.members]
+
+    def record(self) -> dict:
+        """What goes into the JSON: enough to see why these views were chosen."""
+        return {"views": self.views, "projected_s": round(self.projected_s, 1), "budget_s": round(self.budget_s, 1),
+                "time_limit_s": self.time_limit_s, "margin": self.margin, "test_images": self.test_images,
+                "speedup": self.speedup, "members": {m.name: {"ms_per_view": round(m.seconds_per_view * 1e3, 3),
+                                                             "fixed_s": round(m.fixed_s, 2)} for m in self.members},
+                "dropped": [m.name for m in self.dropped]}
+
+    def describe(self) -> str:
+        per_image = sum(m.seconds_per_view for m in self.members) * self.views
+        lines = [f"budget plan: {self.views} TTA view(s) x {len(self.members)} member(s) -> {self.test_images} images "
+                 f"in ~{self.projected_s:.0f} s on the server (limit {self.time_limit_s:g} s, margin {self.margin:.0%}: "
+                 f"budget {self.budget_s:.0f} s; this machine / {self.speedup:g})"]
+        for m in self.members:
+            lines.append(f"  {m.name}: {m.seconds_per_view * 1e3:.2f} ms per image-view here, fixed {m.fixed_s:.1f} s")
+        for m in self.dropped:
+            lines.append(f"  dropped {m.name} ({m.seconds_per_view * 1e3:.2f} ms per image-view here): "
+                         f"even one view per member did not fit")
+        lines.append(f"  {per_image * 1e3:.1f} ms per image here")
+        return "\n".join(lines)
+
+
+def projected_seconds(members, views: int, test_images: int, speedup: float) -> float:
+    fixed = sum(m.fixed_s for m in members)
+    return (fixed + test_images * views * sum(m.seconds_per_view for m in members)) / speedup
+
+
+def plan_budget(rates: list, max_views: int, time_limit_s: float, test_images: int, speedup: float = 1.0,
+                margin: float = DEFAULT_MARGIN) -> Plan:
+    """The most views (<= max_views) that fit with every member; if one view does not fit,
+    drop the slowest member and try again. UserError when not even the fastest member
+    alone with one view fits."""
+    if not 0 <= margin < 1:
+        raise UserError(f"--budget-margin: expected a share in [0, 1), got {margin:g}")
+    budget = time_limit_s * (1 - margin)
+    members, dropped = list(rates), []
+    while members:
+        for views in range(int(max_views), 0, -1):
+            projected = projected_seconds(members, views, test_images, speedup)
+            if projected <= budget:
+                return Plan(views, members, dropped, projected, budget, time_limit_s, test_images, speedup, margin)
+        slowest = max(members, key=lambda m: m.seconds_per_view)
+        members.remove(slowest)
+        dropped.insert(0, slowest)
+    fastest = min(rates, key=lambda m: m.seconds_per_view)
+    need = projected_seconds([fastest], 1, test_images, speedup)
+    raise UserError(f"--fit-budget: nothing fits: the fastest member ({fastest.name}) with one view needs ~{need:.0f} s "
+                    f"for {test_images} images against a budget of {budget:.0f} s (--time-limit {time_limit_s:g} "
+                    f"minus {margin:.0%} margin); use a smaller backbone, or set --speedup for a faster server")
+
+
+# The measuring process: numpy and the submission's model.py only, so any interpreter
+# (e.g. the server-pinned .venv-server) runs it; the working directory is elsewhere.
+CHILD = r"""
+import json, os, sys, time
+sub, probe_path, out_path, passes = sys.argv[1:5]
+t = time.perf_counter()
+import numpy as np
+X = np.load(probe_path)
+sys.path.insert(0, sub)
+from model import Model
+res = {"import_s": time.perf_counter() - t}
+t = time.perf_counter(); M = Model(); res["load_s"] = time.perf_counter() - t
+t = time.perf_counter(); M.predict(X); res["first_s"] = time.perf_counter() - t
+res["pass_s"] = []
+for _ in range(int(passes)):
+    t = time.perf_counter(); M.predict(X); res["pass_s"].append(time.perf_counter() - t)
+with open(out_path, "w") as fh:
+    json.dump(res, fh)
+"""
+
+
+def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int = 3,
+            timeout_s: float = 1800.0) -> list:
+    """Each member alone, staged with one view, run through `model.py` in a fresh process:
+    seconds per image-view from the median of `passes` timed calls, fixed costs from
+    import, Model() and the first call (minus one pass)."""
+    import json
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from bloodcells.cli import Progress
+    from bloodcells.models import read_export
+    from bloodcells.submission import probe_images, stage
+
+    probe = probe_images(images, seed=7)
+    progress = Progress(len(weights_dirs), "measuring each member's speed (one view)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    env.update(PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONNOUSERSITE="1")
+    rates = []
+    with tempfile.TemporaryDirectory(prefix="bloodcells_budget_") as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "probe.npy", probe)
+        (tmp / "child.py").write_text(CHILD)
+        for i, src in enumerate(weights_dirs):
+            folder, out = tmp / f"member{i}", tmp / f"member{i}.json"
+            stage([src], folder, tta=1)
+            try:
+                proc = subprocess.run([os.path.abspath(python or sys.executable), str(tmp / "child.py"), str(folder),
+                                       str(tmp / "probe.npy"), str(out), str(passes)], cwd=tmp, env=env,
+                                      capture_output=True, text=True, timeout=timeout_s)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise UserError(f"--fit-budget: {src}: could not measure the model ({exc})") from None
+            if proc.returncode or not out.is_file():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise UserError(f"--fit-budget: {src}: the model did not run: {last}")
+            result = json.loads(out.read_text())
+            one_pass = statistics.median(result["pass_s"])
+            fixed = result["import_s"] + result["load_s"] + max(0.0, result["first_s"] - one_pass)
+            rates.append(Rate(str(read_export(src)[0].get("name") or Path(src).name), Path(src), one_pass / images,
+                              fixed))
+            progress.update()
+    return rates
+
+
+def max_views_for(weights_dirs, tta=None, tta_mode=None) -> int:
+    """The views the plan may not exceed: --tta, else the largest of the exports' own."""
+    from bloodcells.models import read_export
+
+    if tta is not None:
+        return int(tta)
+    specs = [read_export(w)[0] for w in weights_dirs]
+    views = max(int((s.get("tta") or {}).get("views", 10)) for s in specs)
+    if (tta_mode or "") == "dihedral" or all((s.get("tta") or {}).get("mode") == "dihedral" for s in specs):
+        views = min(views, 8)
+    return views
+
+
+def fit_budget(weights_dirs, limits, tta=None, tta_mode=None, python=None, margin: float = DEFAULT_MARGIN,
+               measure_fn=None) -> Plan:
+    """Measure, plan, print the plan. `measure_fn(weights_dirs, python)` replaces the
+    measurement (tests construct a slow model's rates with it)."""
+    rates = (measure_fn or measure)(list(weights_dirs), python)
+    plan = plan_budget(rates, max_views_for(weights_dirs, tta, tta_mode), limits.time_limit_s, limits.test_images,
+                       limits.speedup, margin)
+    print(plan.describe(), flush=True)
+    if not math.isfinite(plan.projected_s):
+        raise UserError("--fit-budget: the measured time is not finite; rerun on a less busy machine")
+    return plan
