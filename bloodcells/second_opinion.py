@@ -60,7 +60,7 @@ _DOWNSCALE = (0.60, 0.45, 0.35, 0.28, 0.22)        # downscale factor, linear bo
 _FOG = ((0.2, 0.05), (0.35, 0.07), (0.5, 0.08), (0.65, 0.10), (0.8, 0.12))  # fog coefficient, alpha
 _SNOW = ((0.05, 1.5), (0.10, 1.8), (0.15, 2.0), (0.22, 2.3), (0.30, 2.5))   # snow point, brightness
 _RAIN = (("drizzle", 6), ("drizzle", 10), ("heavy", 10), ("heavy", 14), ("torrential", 16))  # type, drop length
-_FLARE = ((20, 4), (28, 5), (36, 6), (44, 7), (52, 8))    # source radius px, flare circles
+_FLARE = ((16, 3), (28, 4), (40, 5), (54, 6), (70, 7))    # source radius px, flare circles (physics-based glow)
 _SPATTER = (0.15, 0.25, 0.35, 0.45, 0.6)          # intensity (mud and rain)
 _DROPOUT = ((1, 0.10), (2, 0.12), (2, 0.18), (3, 0.20), (4, 0.22))  # holes, side as a fraction
 _HE_STAIN = ((0.10, 0.03), (0.18, 0.06), (0.26, 0.10), (0.35, 0.14), (0.45, 0.18))  # scale +-, shift +-
@@ -155,7 +155,7 @@ def _build(family: str, severity: int):
     if family == "sun_flare":
         radius, circles = _FLARE[k]
         return A.RandomSunFlare(flare_roi=(0.0, 0.0, 1.0, 1.0), src_radius=radius,
-                                num_flare_circles_range=(circles, circles + 2), p=1.0)
+                                num_flare_circles_range=(circles, circles + 2), method="physics_based", p=1.0)
     if family in ("spatter_mud", "spatter_rain"):
         i = _SPATTER[k]
         return A.Spatter(mode=family.split("_")[1], intensity=(i, i), p=1.0)
