@@ -9,8 +9,9 @@ lighting); this module only picks which transform, at what strength, with what s
 
 Each family has severities 1-5 (the strengths are the tables below, chosen by looking at
 the preview grid and against a plain CNN's accuracy drop: bench/RESULTS.md). The profile
-`second_opinion` gives every image 1-2 families at random severities. Image i's result
-depends only on (seed, i): the plan comes from shift's per-image generator, and each step
+`second_opinion` gives every image 1-3 families at random severities, as many as `server`
+gives, so the two differ in the corruption code only. Image i's result depends only on
+(seed, i): the plan comes from shift's per-image generator, and each step
 re-seeds the library transform with a seed derived from (seed, i, step) before it runs.
 
 Never used for training or for choosing epochs or configs (bloodcells.train refuses it):
@@ -29,7 +30,7 @@ import numpy as np
 
 PROFILE = "second_opinion"
 SEVERITIES = (1, 2, 3, 4, 5)
-OPS_PER_IMAGE = (1, 2)
+OPS_PER_IMAGE = (1, 2, 3)
 LIBRARY = "albumentations"
 
 # Family -> group (the report can group families the way the corruption benchmarks do).
@@ -47,7 +48,7 @@ FAMILIES = tuple(FAMILY_GROUPS)
 
 # Severity tables (index = severity - 1), for 96 px images.
 _GAUSS_STD = (0.04, 0.07, 0.10, 0.14, 0.19)        # noise sigma as a fraction of 255
-_SHOT_SCALE = (0.02, 0.05, 0.10, 0.20, 0.35)       # reciprocal photon count
+_SHOT_SCALE = (0.02, 0.04, 0.08, 0.14, 0.22)       # reciprocal photon count
 _ISO = ((0.02, 0.15), (0.03, 0.30), (0.04, 0.50), (0.06, 0.75), (0.08, 1.00))  # colour shift, intensity
 _SALT_PEPPER = (0.005, 0.01, 0.02, 0.04, 0.07)     # fraction of pixels
 _DEFOCUS = (1, 2, 3, 4, 5)                         # disc radius, px
@@ -236,7 +237,7 @@ def run(img: np.ndarray, family: str, severity: int, seed: int) -> np.ndarray:
 
 
 def plan(i: int, seed: int = 0) -> list[tuple[str, int]]:
-    """Image i's corruptions: [(family, severity), ...] in order, 1-2 distinct families."""
+    """Image i's corruptions: [(family, severity), ...] in order, 1-3 distinct families."""
     from .shift import _rng
 
     rng = _rng(seed, i, "plan", PROFILE)

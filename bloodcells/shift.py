@@ -9,7 +9,7 @@ cell is still recognisable). Profiles:
   * `sweep`  - one family at one severity per image, cycling through all of them, so a
                single set covers the robustness table evenly. `sweep(images, seed)`
                yields the full table instead: every family at every severity.
-  * `second_opinion` - 1-2 corruptions per image from a third-party library
+  * `second_opinion` - 1-3 corruptions per image from a third-party library
                (albumentations; bloodcells.second_opinion): an estimate written by
                nobody on the team. Evaluation only: training refuses it.
 

@@ -65,7 +65,7 @@ def test_profile_depends_only_on_seed_and_index():
 
 
 def test_plan_and_describe_say_what_ran():
-    images = cell_images(12, seed=3)
+    images = cell_images(16, seed=3)
     shifted = shift.apply_shift(images, "second_opinion", seed=2)
     texts = shift.describe(len(images), "second_opinion", seed=2)
     counts = set()
