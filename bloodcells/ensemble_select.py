@@ -148,6 +148,9 @@ def measure(weights_dirs, images, labels, stage_kwargs: dict, half: bool = False
                 started = time.perf_counter()
                 probabilities = model.predict_proba(images)
                 per_image = (time.perf_counter() - started) / max(len(images), 1)
+            except Exception as exc:  # a broken export: name it, do not bury it in a traceback
+                raise UserError(f"{src}: --select: the export does not run through model.py "
+                                f"({' '.join(str(exc).split())[:160]}); expected a working export") from None
             finally:
                 sys.modules.pop(module.__name__, None)
             del model

@@ -137,3 +137,12 @@ def test_select_builds_the_zip_from_the_chosen_members(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         submission.build_main(["--select", *map(str, exports), "--weights", str(exports[0])])
     assert exit_info.value.code == 2 and "both given" in capsys.readouterr().err
+
+
+def test_a_broken_candidate_is_a_one_line_error_naming_it(tmp_path):
+    broken = export_tiny(tmp_path / "broken", name="broken")
+    spec = json.loads((broken / "model.json").read_text())
+    spec["backbone_options"]["widths"] = [4, 8]  # the saved weights no longer fit
+    (broken / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match=r"broken: --select: the export does not run through model\.py"):
+        ensemble_select.measure([broken], cell_images(4), np.zeros(4, int), {"tta": 1})
