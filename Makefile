@@ -40,7 +40,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: install demo test synth clean-data split train submission server-check server-check-tiny \
-        eval leaderboard shift-preview bench clean
+        eval leaderboard shift-preview second-opinion-preview bench clean
 
 install: $(INSTALLED)
 
@@ -146,6 +146,13 @@ compare: $(INSTALLED)
 shift-preview: $(INSTALLED)
 	$(PY) -m bloodcells.shift --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) --profile server --seed $(SEED) \
 		--out build/shift_preview.npz --preview build/shift_preview.png --sweep-preview build/shift_sweep_preview.png
+
+# The second opinion (albumentations, bloodcells.second_opinion): every family at severities
+# 1-5, one real image per row (build/second_opinion_sweep.png), and clean/shifted pairs.
+second-opinion-preview: $(INSTALLED)
+	$(PY) -m bloodcells.shift --data $(TEST) $(if $(SPLIT),--split $(SPLIT)) --profile second_opinion --seed $(SEED) \
+		--out build/second_opinion_preview.npz --preview build/second_opinion_pairs.png \
+		--sweep-preview build/second_opinion_sweep.png
 
 # Long measurements: each bench/*.py prints its figures (nothing is asserted).
 bench: $(INSTALLED)

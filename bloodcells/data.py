@@ -270,6 +270,30 @@ def _short(exc: Exception) -> str:
 
 # -- splits -----------------------------------------------------------------------------
 
+# The held-out test file written by --holdout carries this marker, so tools that choose
+# something (bloodcells.ensemble_select) can refuse it; readers ignore the extra key.
+ROLE_KEY = "role"
+HELD_OUT_ROLE = "held_out_test"
+
+
+def held_out_reason(path, split: str | None = None) -> str | None:
+    """Why (path, split) is a test set nothing may be chosen on, or None: a MedMNIST
+    file's `test` split, or a file that `--holdout` wrote as the held-out test."""
+    if split == "test":
+        return "the 'test' split is the held-out test"
+    path = Path(path)
+    if path.suffix != ".npz" or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            role = str(archive[ROLE_KEY]) if ROLE_KEY in archive.files else None
+    except Exception:  # unreadable: load_dataset reports it properly
+        return None
+    if role == HELD_OUT_ROLE:
+        return f"written by `python -m bloodcells.data --holdout` as the held-out test ({ROLE_KEY}={role})"
+    return None
+
+
 def fingerprint(*arrays) -> str:
     """sha256 over the raw bytes of arrays (e.g. images, labels): identifies a data set's
     content whatever file or split it came from."""
@@ -345,8 +369,9 @@ def main(argv=None):
     from .files import save_npz_atomic
 
     train_index, test_index = stratified_split(data.labels, args.holdout, args.seed)
-    for out, index in ((args.out_train, train_index), (args.out_test, test_index)):
-        save_npz_atomic(out, images=data.images[index], labels=data.labels[index].astype(np.uint8))
+    for out, index, role in ((args.out_train, train_index, None), (args.out_test, test_index, HELD_OUT_ROLE)):
+        marker = {ROLE_KEY: np.asarray(role)} if role else {}
+        save_npz_atomic(out, images=data.images[index], labels=data.labels[index].astype(np.uint8), **marker)
         print(f"wrote {out}: {len(index)} images")
 
 

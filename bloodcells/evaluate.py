@@ -22,8 +22,8 @@ EVAL_DIR = REPO / "submission" / "eval"
 LEADERBOARD = REPO / "submission" / "leaderboard.csv"
 CACHE_DIR = REPO / "build" / "shift_cache"
 # The profiles local evaluation runs by default, in the order reports and the leaderboard show them.
-# TODO(lead): append "second_opinion" once issue 15's profile is in shift.PROFILES.
-DEFAULT_PROFILES = ("none", "server")
+# `second_opinion` is shift code nobody on the team wrote (albumentations): a check on `server`.
+DEFAULT_PROFILES = ("none", "server", "second_opinion")
 # Shift seeds of the evaluation: several draws of the shift, none of them the seed training
 # selects epochs with (configs' [shift] seed = 0).
 EVAL_SEEDS = (1, 2, 3)
@@ -66,8 +66,15 @@ def data_fingerprint(images, labels) -> str:
 
 
 def shift_code() -> str:
-    """Hash of shift.py: recorded so scores made with different shift code can be told apart."""
-    return sha256_file(shift.__file__)[:12]
+    """Hash of the shift code (shift.py, second_opinion.py) and of the library version the
+    second opinion runs on: recorded so scores made with different shift code can be told apart."""
+    import hashlib
+
+    from . import second_opinion
+
+    parts = [sha256_file(shift.__file__), sha256_file(second_opinion.__file__),
+             f"{second_opinion.LIBRARY}=={second_opinion.library_version()}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
 def cached_shift(images, profile: str, seed: int, data_sha: str, cache_dir=CACHE_DIR, refresh=False):

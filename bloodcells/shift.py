@@ -10,10 +10,14 @@ cell is still recognisable). Profiles:
   * `sweep`  - one family at one severity per image, cycling through all of them, so a
                single set covers the robustness table evenly. `sweep(images, seed)`
                yields the full table instead: every family at every severity.
+  * `second_opinion` - 1-3 corruptions per image from a third-party library
+               (albumentations; bloodcells.second_opinion): an estimate written by
+               nobody on the team. Evaluation only: training refuses it.
 
 Deterministic: image i's result depends only on (seed, i, profile) - never on the batch
 it is in or on the other images - so a subset of a shifted set equals the shifted subset.
-Pure numpy/PIL/scipy (no TensorFlow): training's shifted validation and local_eval use it.
+Pure numpy/PIL/scipy (no TensorFlow): training's shifted validation and local_eval use it
+(`second_opinion` adds albumentations/OpenCV).
 
 CLI: python -m bloodcells.shift --data D [--split val] --profile server --seed 0
          --out shifted.npz [--preview shifted.png]
@@ -29,7 +33,9 @@ import numpy as np
 
 from .cli import Progress, UserError, run_cli
 
-PROFILES = ("none", "server", "sweep")
+PROFILES = ("none", "server", "sweep", "second_opinion")
+# Profiles training may validate on; second_opinion stays unfitted (never chooses an epoch).
+TRAINING_PROFILES = ("none", "server", "sweep")
 SEVERITIES = (1, 2, 3, 4, 5)
 
 # Family -> group, for readers who want the issue's coarse grouping.
@@ -88,10 +94,13 @@ def apply_shift(images, profile: str = "server", seed: int = 0, progress: bool =
         raise ValueError(f"unknown shift profile '{profile}'; expected one of {PROFILES}")
     if profile == "none":
         return images.copy()
+    if profile == "second_opinion":
+        from . import second_opinion
     out = np.empty_like(images)
     bar = Progress(len(images), f"shift {profile}") if progress else None
     for i, img in enumerate(images):
-        out[i] = _run_plan(img, i, profile, seed)
+        out[i] = (second_opinion.shift_image(img, i, seed) if profile == "second_opinion"
+                  else _run_plan(img, i, profile, seed))
         if bar and (i % 256 == 255 or i == len(images) - 1):
             bar.update(min(256, i + 1 - bar.done))
     return out
@@ -131,7 +140,20 @@ def plan(i: int, profile: str, seed: int = 0) -> list[tuple[str, int]]:
         weights = np.array([_SERVER_WEIGHTS[f] for f in FAMILIES])
         chosen = rng.choice(len(FAMILIES), size=count, replace=False, p=weights / weights.sum())
         return [(FAMILIES[k], int(rng.integers(1, 6))) for k in chosen]
+    if profile == "second_opinion":
+        from . import second_opinion
+
+        return second_opinion.plan(i, seed)
     raise ValueError(f"unknown shift profile '{profile}'; expected one of {PROFILES}")
+
+
+def families(profile: str = "server") -> tuple[str, ...]:
+    """The corruption families a profile's plans name (for per-family tables)."""
+    if profile == "second_opinion":
+        from . import second_opinion
+
+        return second_opinion.FAMILIES
+    return FAMILIES
 
 
 def describe(n: int, profile: str, seed: int = 0) -> list[str]:
@@ -365,16 +387,27 @@ def save_preview(path, clean, shifted, labels=None, captions=None, pairs: int = 
                     max_images=2 * n, cell_inches=1.3)
 
 
-def save_sweep_preview(path, image, seed: int = 0, title: str | None = None) -> None:
-    """One image under every family (rows) at severities 1-5 (columns), clean first."""
-    from .report import save_image_grid
+def save_sweep_preview(path, image, seed: int = 0, title: str | None = None, profile: str = "server",
+                       labels=None) -> None:
+    """Every family of a profile (rows) at severities 1-5 (columns), clean first. `image`
+    is one image, or several (N, H, W, 3): row r then shows image r mod N (so a grid
+    shows every class), captioned with its class when labels are given."""
+    from .report import class_caption, save_image_grid
 
+    pool = image[None] if image.ndim == 3 else image
     images, titles = [], []
-    for family in FAMILIES:
-        images.append(image)
-        titles.append(family)
+    for row, family in enumerate(families(profile)):
+        picked = pool[row % len(pool)]
+        images.append(picked)
+        head = f"{class_caption(labels[row % len(pool)])} " if labels is not None else ""
+        titles.append(f"{head}{family}"[:28])
         for severity in SEVERITIES:
-            images.append(corrupt(image[None], family, severity, seed)[0])
+            if profile == "second_opinion":
+                from . import second_opinion
+
+                images.append(second_opinion.corrupt(picked[None], family, severity, seed)[0])
+            else:
+                images.append(corrupt(picked[None], family, severity, seed)[0])
             titles.append(f"severity {severity}")
     save_image_grid(path, np.stack(images), titles=titles, title=title, ncols=1 + len(SEVERITIES),
                     max_images=len(images), cell_inches=1.2)
@@ -426,7 +459,18 @@ def main(argv=None):
                      pairs=args.preview_pairs,
                      title=f"{data.source}: clean | shifted ({args.profile}, seed {args.seed})")
         print(f"{args.preview}: preview of {len(index)} clean/shifted pairs")
-    if args.sweep_preview:
+    if args.sweep_preview and args.profile == "second_opinion":
+        # One image per row, cycling through the classes: can a person still name each cell?
+        rng = np.random.default_rng(args.seed)
+        per_class = [rng.permutation(np.flatnonzero(data.labels == c)) for c in np.unique(data.labels)]
+        picks = np.array([order[r // len(per_class) % len(order)]
+                          for r, order in ((r, per_class[r % len(per_class)]) for r in range(64))])
+        save_sweep_preview(args.sweep_preview, data.images[picks], args.seed, profile=args.profile,
+                           labels=data.labels[picks],
+                           title=f"{data.source}: second opinion (albumentations), every family at "
+                                 f"severities 1-5, clean first")
+        print(f"{args.sweep_preview}: every second-opinion family at every severity, one image per row")
+    elif args.sweep_preview:
         pick = int(preview_index(data.labels, 1, args.seed)[0])
         save_sweep_preview(args.sweep_preview, data.images[pick], args.seed,
                            title=f"{data.source} image {pick}: every family at severities 1-5")

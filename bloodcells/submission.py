@@ -642,6 +642,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--half-tolerance", type=float, default=d.half_tolerance, help=f"default {d.half_tolerance:g}")
     ap.add_argument("--parity-tolerance", type=float, default=d.parity_tolerance, help=f"default {d.parity_tolerance:g}")
     ap.add_argument("--timeout", type=float, default=d.timeout_s, help=f"validation process timeout, default {d.timeout_s:g} s")
+    from bloodcells import ensemble_select
+
+    ensemble_select.add_arguments(ap)
     return ap
 
 
@@ -666,7 +669,15 @@ def main(argv=None):
         raise UserError(f"--tta: expected a number of views >= 1 (1 disables TTA), got {args.tta}")
     if args.tta_mode == "dihedral" and (args.tta or 8) > 8:
         raise UserError(f"--tta: dihedral mode has at most 8 views, got {args.tta}")
-    weights = args.weights or _default_weights()
+    if args.select and args.weights:
+        raise UserError("--select/--weights: both given; expected --weights (members as given) or --select "
+                        "(members chosen from candidates)")
+    if args.select:
+        from bloodcells import ensemble_select
+
+        weights = ensemble_select.select_for_build(args, limits)
+    else:
+        weights = args.weights or _default_weights()
     for w in weights:
         read_export(w)
     extra_spec = None

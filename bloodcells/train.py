@@ -134,6 +134,13 @@ def resolve_config(raw: dict, source: str = "config", overrides: dict | None = N
             raise UserError(f"{source}: {phase}.epochs: {cfg[phase]['epochs']}; expected an integer >= 0")
     if int(cfg["train"]["batch_size"]) < 1:
         raise UserError(f"{source}: train.batch_size: {cfg['train']['batch_size']}; expected an integer >= 1")
+    from .shift import TRAINING_PROFILES
+
+    profile = cfg["shift"]["profile"]
+    if profile not in TRAINING_PROFILES:
+        why = ("is held out for evaluation (epochs chosen on it would fit it); "
+               if profile == "second_opinion" else "")
+        raise UserError(f"{source}: shift.profile: '{profile}' {why}expected one of {', '.join(TRAINING_PROFILES)}")
     alpha = cfg["train"]["focal_alpha"]
     if isinstance(alpha, list) and len(alpha) != NUM_CLASSES:
         raise UserError(f"{source}: train.focal_alpha: {len(alpha)} values; expected a number or "
