@@ -274,6 +274,28 @@ def synchronize_batchnorm(model, strategy) -> int:
     return switched
 
 
+def uncapture_multiworker_strategy(model, strategy) -> None:
+    """Keras 3's `fit` under MultiWorkerMirroredStrategy fails in its symbolic build
+    (it reduces a data batch over the workers: keras-team/keras#20585). A model that has
+    not captured the strategy skips that build and takes the strategy from the enclosing
+    scope, which is why the run calls `fit` inside `strategy.scope()`. Keras then
+    averages each step's logs over the replicas along axis 0, which fails on scalars:
+    the step returns them with shape (1,), and the mean over the workers is a scalar
+    again. Evaluation runs each worker on the whole set (`predict`)."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    model._distribute_strategy = None
+    model._bloodcells_predict_per_worker = True
+    step = model.train_step
+
+    def train_step(data):
+        return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
+
+    model.train_step = train_step
+
+
 def learning_rate(phase_cfg: dict, train_cfg: dict, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Per-step learning rate: linear warm-up then constant or cosine to min_lr."""
     base = float(phase_cfg["lr"])
@@ -344,7 +366,7 @@ def predict(model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
     each worker runs the whole set itself (all workers then decide alike)."""
     import tensorflow as tf
 
-    if not isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if not getattr(model, "_bloodcells_predict_per_worker", False):
         return model.predict(images, batch_size=batch_size, verbose=0)
     if not hasattr(model, "_bloodcells_local_predict"):
         model._bloodcells_local_predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -496,6 +518,7 @@ class Trainer:
             self.model = models.build(spec, cfg["model"]["weights"] if not self.resume else None,
                                       cfg["model"]["cache_dir"] or None)
         synchronize_batchnorm(self.model, self.strategy)
+        uncapture_multiworker_strategy(self.model, self.strategy)
 
         run_info = {"config": cfg, "seed": self.seed, "data": str(self.data_path),
                     "data_sha256": self.data_checksum(), "train_images": len(self.train),
@@ -545,8 +568,9 @@ class Trainer:
                 started = time.monotonic()
                 lr_cb = _LearningRate(self, pcfg, step0, phase_steps, steps, state["lr_scale"],
                                       f"epoch {epoch + 1} ({phase})")
-                fit = self.model.fit(self.epoch_batches(batches, steps), epochs=1, verbose=0, callbacks=[lr_cb],
-                                     shuffle=False)
+                with self.strategy.scope():
+                    fit = self.model.fit(self.epoch_batches(batches, steps), epochs=1, verbose=0,
+                                         callbacks=[lr_cb], shuffle=False)
                 last = state["epoch_in_phase"] + 1 >= n_epochs
                 if (state["epoch_in_phase"] + 1) % max(int(t["eval_every"]), 1) == 0 or last:
                     clean = evaluate(self.model, self.val.images, self.val.labels, int(t["eval_batch_size"]))
