@@ -22,6 +22,7 @@ random-generator states included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import io
@@ -244,6 +245,21 @@ def precision_policy(train_cfg: dict, strategy) -> str:
     if not train_cfg["mixed_precision"]:
         return "float32"
     return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "mixed_float16"
+
+
+@contextlib.contextmanager
+def float32_policy():
+    """Keras layers built inside compute in float32 whatever the training policy: the
+    augmentation layers run in the input pipeline on float32 images in 0-255 (under
+    mixed_float16 they would compute in float16 and fail on mixed dtypes)."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def strategy_summary(strategy) -> dict:
@@ -528,9 +544,10 @@ class Trainer:
         write_json_atomic(self.out / ("config.json" if not self.resume else "config_resume.json"), run_info)
         weights = (class_weights(self.train.labels)[self.train.labels]
                    if cfg["data"]["imbalance"] == "class_weights" else None)
-        self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
-                                                       seed=self.seed, batch_size=int(t["batch_size"]),
-                                                       weights=weights)
+        with float32_policy():
+            self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
+                                                           seed=self.seed, batch_size=int(t["batch_size"]),
+                                                           weights=weights)
         augment_mod.save_augmentation_grid(self.out / "augmentation.png", self.augmentation, epoch=0)
 
         phases = self.phases()
