@@ -569,7 +569,8 @@ class Trainer:
             if restored is not None:
                 assign_variables(self.model.variables, restored[0], f"{ckpt_path}: model")
                 if restored[1]:
-                    self.optimizer.build(self.model.trainable_variables)
+                    with self.strategy.scope():  # distributed optimizer variables
+                        self.optimizer.build(self.model.trainable_variables)
                     assign_variables(self.optimizer.variables, restored[1], f"{ckpt_path}: optimizer")
                 restored = None
             n_epochs = int(pcfg["epochs"])
