@@ -57,7 +57,11 @@ $(SERVER_VENV)/.installed: requirements-server.txt
 	$(SERVER_PY) -m pip install --quiet -r requirements-server.txt
 	touch $@
 
-test: $(INSTALLED)
+$(VENV)/.installed-test: requirements-test.txt $(INSTALLED)
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+test: $(INSTALLED) $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
 # -- demo: clean -> train -> submission/*.zip -> local evaluation -> leaderboard line, then a

@@ -22,13 +22,16 @@ random-generator states included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import io
 import json
 import math
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -88,7 +91,7 @@ CHOICES = {
     ("train", "optimizer"): ("adam", "adamw", "rmsprop", "lion"),
     ("train", "schedule"): ("constant", "cosine"),
     ("train", "monitor"): ("val_acc", "val_shifted_acc"),
-    ("train", "strategy"): ("default", "mirrored", "tpu"),
+    ("train", "strategy"): ("default", "mirrored", "multiworker", "tpu"),
 }
 FREE_TABLES = {("model", "backbone_options"), ("model", "head"), ("model", "tta")}
 HISTORY_FIELDS = ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_acc", "val_shifted_acc",
@@ -192,11 +195,20 @@ def make_optimizer(train_cfg: dict, lr: float):
 
 
 def make_strategy(train_cfg: dict):
+    """The tf.distribute strategy named by train.strategy. "multiworker" reads the
+    cluster from the standard TF_CONFIG variable (no TF_CONFIG: one worker) and must be
+    created before TensorFlow does anything else in the process."""
     import tensorflow as tf
 
     kind = train_cfg["strategy"]
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if kind == "multiworker":
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"config: train.strategy: 'multiworker' ({' '.join(str(exc).split())[:160]}); expected "
+                            f"a valid TF_CONFIG and a strategy created before any other TensorFlow work") from None
     if kind == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=train_cfg["tpu"] or None)
@@ -207,6 +219,104 @@ def make_strategy(train_cfg: dict):
                             f"expected a TPU runtime, or strategy 'default'") from None
         return tf.distribute.TPUStrategy(resolver)
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster (the
+    chief is task "chief", or worker 0 when the cluster has no "chief")."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster or resolver.task_type in (None, "chief"):
+        return True
+    return resolver.task_type == "worker" and int(resolver.task_id or 0) == 0 and "chief" not in cluster
+
+
+def worker_scratch(out: Path, resume: bool):
+    """A temporary run folder for a non-chief worker: it computes everything the chief
+    does (the collectives need it) but writes only here; resuming copies the chief's
+    checkpoint and best weights in (the run folder must be readable by every worker).
+    Deleted when the returned TemporaryDirectory is cleaned up or collected."""
+    scratch = tempfile.TemporaryDirectory(prefix="bloodcells-worker-")
+    if resume:
+        for name in ("checkpoint.npz", "best.npz"):
+            if (out / name).is_file():
+                shutil.copy2(out / name, Path(scratch.name) / name)
+    return scratch
+
+
+def precision_policy(train_cfg: dict, strategy) -> str:
+    """Keras's dtype policy: float32, or mixed float16 (GPU, CPU), or mixed bfloat16 on
+    a TPU (TPUs compute in bfloat16; float16 there is unsupported or emulated)."""
+    import tensorflow as tf
+
+    if not train_cfg["mixed_precision"]:
+        return "float32"
+    return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "mixed_float16"
+
+
+@contextlib.contextmanager
+def float32_policy():
+    """Keras layers built inside compute in float32 whatever the training policy: the
+    augmentation layers run in the input pipeline on float32 images in 0-255 (under
+    mixed_float16 they would compute in float16 and fail on mixed dtypes)."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def strategy_summary(strategy) -> dict:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return {"kind": type(strategy).__name__, "replicas": int(strategy.num_replicas_in_sync),
+            "workers": sum(len(v) for v in cluster.values()) if cluster else 1, "chief": is_chief(strategy)}
+
+
+def synchronize_batchnorm(model, strategy) -> int:
+    """With several replicas, BatchNormalization uses the global batch's statistics
+    (all-reduced) instead of each replica's share: the network then trains as on one
+    device with the same global batch. Only how training computes the statistics
+    changes; the exported weights and the shipped network are the same. Returns the
+    number of layers switched."""
+    import keras
+
+    if strategy.num_replicas_in_sync <= 1:
+        return 0
+    switched = 0
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            switched += 1
+        stack.extend(getattr(layer, "layers", []))
+    return switched
+
+
+def uncapture_multiworker_strategy(model, strategy) -> None:
+    """Keras 3's `fit` under MultiWorkerMirroredStrategy fails in its symbolic build
+    (it reduces a data batch over the workers: keras-team/keras#20585). A model that has
+    not captured the strategy skips that build and takes the strategy from the enclosing
+    scope, which is why the run calls `fit` inside `strategy.scope()`. Keras then
+    averages each step's logs over the replicas along axis 0, which fails on scalars:
+    the step returns them with shape (1,), and the mean over the workers is a scalar
+    again. Evaluation runs each worker on the whole set (`predict`)."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    model._distribute_strategy = None
+    model._bloodcells_predict_per_worker = True
+    step = model.train_step
+
+    def train_step(data):
+        return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
+
+    model.train_step = train_step
 
 
 def learning_rate(phase_cfg: dict, train_cfg: dict, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -262,7 +372,7 @@ def package_versions() -> dict:
 
 
 def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 128) -> dict:
-    probs = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+    probs = predict(model, images.astype(np.float32), batch_size)
     pred = probs.argmax(axis=1)
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     np.add.at(confusion, (labels, pred), 1)
@@ -271,6 +381,21 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 12
     eps = 1e-7
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
     return {"accuracy": float((pred == labels).mean()), "loss": loss, "recall": recall, "confusion": confusion}
+
+
+def predict(model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Probabilities for every image. Under MultiWorkerMirroredStrategy Keras's predict
+    would shard the images over the workers and return each only its share, so there
+    each worker runs the whole set itself (all workers then decide alike)."""
+    import tensorflow as tf
+
+    if not getattr(model, "_bloodcells_predict_per_worker", False):
+        return model.predict(images, batch_size=batch_size, verbose=0)
+    if not hasattr(model, "_bloodcells_local_predict"):
+        model._bloodcells_local_predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    parts = [model._bloodcells_local_predict(tf.constant(images[i:i + batch_size]))
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate([np.asarray(p) for p in parts]) if parts else np.zeros((0, NUM_CLASSES), np.float32)
 
 
 # -- checkpoints -------------------------------------------------------------------------
@@ -362,13 +487,15 @@ class Trainer:
     @staticmethod
     def epoch_batches(batches, steps: int):
         """The next `steps` batches of a run-long pipeline iterator, as a dataset for one
-        `fit` call (a new pipeline per epoch would re-instantiate the augmentation graph)."""
-        import itertools
-
+        `fit` call (a new pipeline per epoch would re-instantiate the augmentation graph).
+        Iterating it again replays the batches already read (see _EpochSlice)."""
         import tensorflow as tf
-        ds = tf.data.Dataset.from_generator(lambda: itertools.islice(batches, steps),
-                                            output_signature=batches.element_spec)
-        return ds.apply(tf.data.experimental.assert_cardinality(steps))
+        ds = tf.data.Dataset.from_generator(_EpochSlice(batches, steps), output_signature=batches.element_spec)
+        # Several workers: each runs the same seeded stream and keeps its share of every
+        # global batch (there are no files to shard).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return ds.apply(tf.data.experimental.assert_cardinality(steps)).with_options(options)
 
     def setup_phase(self, phase: str):
         from . import models
@@ -399,27 +526,35 @@ class Trainer:
                             f"earlier (interrupted) run")
         if not self.resume and ckpt_path.exists():
             raise UserError(f"{self.out}: --out: already holds a run; expected a new folder, or --resume")
+        self.strategy = make_strategy(t)  # first: a multi-worker strategy must precede other TensorFlow work
+        self.scratch = None if is_chief(self.strategy) else worker_scratch(self.out, self.resume)
+        if self.scratch is not None:  # only the chief writes the run folder and the export
+            self.out, self.export_dir = Path(self.scratch.name), self.export_dir and Path(self.scratch.name) / "export"
+            ckpt_path, best_path = self.out / "checkpoint.npz", self.out / "best.npz"
         self.out.mkdir(parents=True, exist_ok=True)
         self.load_data()
 
         keras.utils.set_random_seed(self.seed)
-        keras.mixed_precision.set_global_policy("mixed_float16" if t["mixed_precision"] else "float32")
-        self.strategy = make_strategy(t)
+        keras.mixed_precision.set_global_policy(precision_policy(t, self.strategy))
         spec = models.make_spec(cfg["model"], name=cfg["name"], source_run=str(self.out))
         with self.strategy.scope():
             self.model = models.build(spec, cfg["model"]["weights"] if not self.resume else None,
                                       cfg["model"]["cache_dir"] or None)
+        synchronize_batchnorm(self.model, self.strategy)
+        uncapture_multiworker_strategy(self.model, self.strategy)
 
         run_info = {"config": cfg, "seed": self.seed, "data": str(self.data_path),
                     "data_sha256": self.data_checksum(), "train_images": len(self.train),
                     "val_images": len(self.val), "versions": package_versions(),
+                    "strategy": strategy_summary(self.strategy),
                     "command": " ".join(sys.argv)}
         write_json_atomic(self.out / ("config.json" if not self.resume else "config_resume.json"), run_info)
         weights = (class_weights(self.train.labels)[self.train.labels]
                    if cfg["data"]["imbalance"] == "class_weights" else None)
-        self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
-                                                       seed=self.seed, batch_size=int(t["batch_size"]),
-                                                       weights=weights)
+        with float32_policy():
+            self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
+                                                           seed=self.seed, batch_size=int(t["batch_size"]),
+                                                           weights=weights)
         augment_mod.save_augmentation_grid(self.out / "augmentation.png", self.augmentation, epoch=0)
 
         phases = self.phases()
@@ -441,7 +576,8 @@ class Trainer:
             if restored is not None:
                 assign_variables(self.model.variables, restored[0], f"{ckpt_path}: model")
                 if restored[1]:
-                    self.optimizer.build(self.model.trainable_variables)
+                    with self.strategy.scope():  # distributed optimizer variables
+                        self.optimizer.build(self.model.trainable_variables)
                     assign_variables(self.optimizer.variables, restored[1], f"{ckpt_path}: optimizer")
                 restored = None
             n_epochs = int(pcfg["epochs"])
@@ -457,8 +593,9 @@ class Trainer:
                 started = time.monotonic()
                 lr_cb = _LearningRate(self, pcfg, step0, phase_steps, steps, state["lr_scale"],
                                       f"epoch {epoch + 1} ({phase})")
-                fit = self.model.fit(self.epoch_batches(batches, steps), epochs=1, verbose=0, callbacks=[lr_cb],
-                                     shuffle=False)
+                with self.strategy.scope():
+                    fit = self.model.fit(self.epoch_batches(batches, steps), epochs=1, verbose=0,
+                                         callbacks=[lr_cb], shuffle=False)
                 last = state["epoch_in_phase"] + 1 >= n_epochs
                 if (state["epoch_in_phase"] + 1) % max(int(t["eval_every"]), 1) == 0 or last:
                     clean = evaluate(self.model, self.val.images, self.val.labels, int(t["eval_batch_size"]))
@@ -537,6 +674,8 @@ class Trainer:
             models.export(self.model, spec, self.export_dir)
             self.log(f"export: {self.export_dir}/model.json + model.weights.h5")
         self.metrics = metrics
+        if self.scratch is not None:
+            self.scratch.cleanup()
         return metrics
 
     def write_history(self, history) -> None:
@@ -545,6 +684,43 @@ class Trainer:
         writer.writeheader()
         writer.writerows(history)
         write_text_atomic(self.out / "history.csv", buffer.getvalue())
+
+
+class _EpochSlice:
+    """A generator function over the next `steps` batches of a shared iterator, safe to
+    call twice: under a distribution strategy Keras's `fit` first reads one batch from a
+    fresh iterator to build the model, then iterates again from the start. A later pass
+    replays the first batches (kept, at most REPLAY); an abandoned earlier pass never
+    pulls new ones, so the run's stream is consumed exactly once."""
+
+    REPLAY = 4
+
+    def __init__(self, batches, steps: int):
+        import threading
+
+        self.batches, self.steps = batches, steps
+        self.kept, self.read, self.passes = [], 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.passes += 1
+            me = self.passes
+        for i in range(self.steps):
+            with self.lock:
+                if i < self.read:
+                    if i >= len(self.kept):
+                        raise RuntimeError(f"training input: batch {i} of the epoch was read by an earlier pass "
+                                           f"and not kept (only the first {self.REPLAY} are)")
+                    item = self.kept[i]
+                elif me != self.passes:  # superseded by a newer pass: stop without consuming
+                    return
+                else:
+                    item = next(self.batches)
+                    self.read += 1
+                    if i < self.REPLAY:
+                        self.kept.append(item)
+            yield item
 
 
 def _load_weights_npz(model, path) -> None:

@@ -1,0 +1,27 @@
+"""bench/gpu_smoke.py on a machine without a GPU: says so, exits 0 (its GPU path needs a GPU;
+bench/RESULTS.md has the command for one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_smoke_without_a_gpu_says_so_and_exits_0():
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: run bench/gpu_smoke.py itself")
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_smoke.py")], capture_output=True, text=True,
+                            cwd=REPO, timeout=300,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TF_CPP_MIN_LOG_LEVEL": "2",
+                                 "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("no GPU:")
+    assert "|" not in result.stdout  # no table without measurements
