@@ -290,6 +290,22 @@ def read_checkpoint(path):
     return state, model_vars, opt_vars
 
 
+def check_resume(run_info: dict, data_sha256: str, data_path, state: dict, cfg: dict) -> None:
+    """--resume continues the run it was started as: same data (sha256), and a run whose
+    checkpoint predates the shipped-network fix must not continue on a different graph."""
+    from .models import SPEC_FORMAT, shipped_model_module
+
+    saved = run_info.get("data_sha256")
+    if saved and saved != data_sha256:
+        raise UserError(f"{data_path}: --data: sha256 {data_sha256[:12]}... differs from the run's "
+                        f"{saved[:12]}...; expected the data the run was started with")
+    model = cfg["model"]
+    if state.get("spec_format") is None and shipped_model_module().build_dependent(model["backbone"]) \
+            and str(model["weights"]).lower() not in ("none", ""):
+        raise UserError(f"--resume: this {model['backbone']} run predates {SPEC_FORMAT} (its stem was built "
+                        f"differently from the shipped network); start a new run")
+
+
 def assign_variables(variables, values, what: str) -> None:
     if len(variables) != len(values):
         raise UserError(f"{what}: {len(values)} saved variables for {len(variables)} in the network; "
@@ -375,6 +391,9 @@ class Trainer:
             self.optimizer = make_optimizer(self.cfg["train"], float(self.cfg[phase]["lr"]))
             self.model.compile(optimizer=self.optimizer, loss=make_loss(self.cfg["train"]),
                                metrics=["accuracy"], jit_compile=bool(self.cfg["train"]["xla"]))
+        # mixed_float16: compile wrapped it in a LossScaleOptimizer, whose loss scale and
+        # step counter are state to checkpoint with the inner optimiser's
+        self.optimizer = self.model.optimizer
 
     def run(self) -> dict:
         import keras
@@ -420,10 +439,12 @@ class Trainer:
             raise UserError(f"config: phase1.epochs/phase2.epochs: both 0; expected at least one epoch")
         state = {"phase_index": 0, "epoch_in_phase": 0, "epoch": 0, "history": [], "best": None,
                  "best_epoch": None, "phase_best": None, "wait": 0, "plateau_wait": 0, "lr_scale": 1.0,
-                 "done": False}
+                 "done": False, "spec_format": models.SPEC_FORMAT}
         restored = None
         if self.resume:
             state, model_vars, opt_vars = read_checkpoint(ckpt_path)
+            check_resume(json.loads((self.out / "config.json").read_text()), run_info["data_sha256"],
+                         self.data_path, state, cfg)
             restored = (model_vars, opt_vars)
             self.log(f"resume: from epoch {state['epoch']} ({ckpt_path})")
 
@@ -433,6 +454,7 @@ class Trainer:
             self.setup_phase(phase)
             if restored is not None:
                 assign_variables(self.model.variables, restored[0], f"{ckpt_path}: model")
+                models.finalize_states(self.model)
                 if restored[1]:
                     self.optimizer.build(self.model.trainable_variables)
                     assign_variables(self.optimizer.variables, restored[1], f"{ckpt_path}: optimizer")
@@ -544,6 +566,8 @@ def _load_weights_npz(model, path) -> None:
     with np.load(path, allow_pickle=False) as archive:
         values = [archive[k] for k in sorted(archive.files)]
     assign_variables(model.variables, values, str(path))
+    from .models import finalize_states
+    finalize_states(model)
 
 
 def _lr_callback_base():
@@ -595,6 +619,10 @@ def main(argv=None):
         if not saved.is_file():
             raise UserError(f"{saved}: --resume: missing; expected the run folder of an earlier run")
         cfg = json.loads(saved.read_text())["config"]
+        for flag, given, started in (("--seed", args.seed, cfg["seed"]), ("--epochs", args.epochs, cfg["phase2"]["epochs"])):
+            if given is not None and int(given) != int(started):
+                raise UserError(f"{saved}: --resume {flag} {given}: the run was started with {flag} {started}; "
+                                f"expected the same (or none), or a new --out to train differently")
     else:
         cfg = load_config(args.config, overrides)
     metrics = Trainer(cfg, args.data, args.out, args.export, args.resume).run()
