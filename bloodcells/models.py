@@ -305,8 +305,9 @@ def network_probabilities(net, images, batch_size: int = 16):
 
 
 @contextlib.contextmanager
-def _float32_policy():
-    """model.py runs in float32 whatever the training policy (mixed_float16 on GPUs)."""
+def float32_policy():
+    """Build under the float32 policy within the block: model.py runs in float32 whatever
+    the training policy (mixed_float16 on GPUs), and so does the augmentation."""
     import keras
 
     before = keras.mixed_precision.global_policy()
@@ -322,7 +323,7 @@ def reference_probabilities(model, spec: dict, images):
     float32 twin (same graph, same variables), the computation model.py will run."""
     if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
         return network_probabilities(model, images)
-    with _float32_policy():
+    with float32_policy():
         twin = shipped_model_module().build_network(spec)
     twin.set_weights(model.get_weights())
     finalize_states(twin)
@@ -333,7 +334,7 @@ def check_rebuild(spec: dict, weights_path, images, reference, where) -> float:
     """Rebuild as model.py does, load the written weights, compare with `reference`."""
     import numpy as np
 
-    with _float32_policy():
+    with float32_policy():
         rebuilt = shipped_model_module().build_network(spec)
         rebuilt.load_weights(str(weights_path))
         diff = float(np.abs(network_probabilities(rebuilt, images) - reference).max())

@@ -429,9 +429,10 @@ class Trainer:
         write_json_atomic(self.out / ("config.json" if not self.resume else "config_resume.json"), run_info)
         weights = (class_weights(self.train.labels)[self.train.labels]
                    if cfg["data"]["imbalance"] == "class_weights" else None)
-        self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
-                                                       seed=self.seed, batch_size=int(t["batch_size"]),
-                                                       weights=weights)
+        with models.float32_policy():  # mixed_float16 would make the augmentation layers mix dtypes
+            self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
+                                                           seed=self.seed, batch_size=int(t["batch_size"]),
+                                                           weights=weights)
         augment_mod.save_augmentation_grid(self.out / "augmentation.png", self.augmentation, epoch=0)
 
         phases = self.phases()
