@@ -367,6 +367,7 @@ def test_resume_refuses_other_data_seed_or_epochs(tmp_path, data_file, capsys):
     config = tmp_path / "unused.toml"
     config.write_text('name = "x"\n')
     base = ["--config", str(config), "--data", str(data_file), "--out", str(run), "--resume"]
+    capsys.readouterr()  # the runs' progress lines
     for flag, value, started in (("--seed", "4", "3"), ("--epochs", "5", "2")):
         with pytest.raises(SystemExit) as exit_:
             train.main(base + [flag, value])
