@@ -39,7 +39,7 @@ DEMO := build/demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo test synth clean-data split train submission server-check server-check-tiny \
+.PHONY: install demo test synth clean-data split train fetch-weights submission server-check server-check-tiny \
         eval leaderboard shift-preview second-opinion-preview bench clean
 
 install: $(INSTALLED)
@@ -112,6 +112,15 @@ $(TRAIN_SET): | $(CLEAN) $(INSTALLED)
 train: $(INSTALLED) $(TRAIN_SET)
 	$(PY) -m bloodcells.train --config $(CONFIG) --data $(TRAIN_SET) --out $(RUN) --export $(WEIGHTS) \
 		$(if $(filter 1 yes true,$(RESUME)),--resume) $(TRAIN_ARGS)
+
+# -- ImageNet weights ahead of training, on a connected machine (Kaggle offline, cluster nodes):
+#    make fetch-weights BACKBONE=efficientnetb7 [CACHE_DIR=/content/keras_cache]; then set the
+#    config's model.cache_dir to CACHE_DIR (or model.weights to the printed .h5 file)
+BACKBONE ?=
+CACHE_DIR ?=
+fetch-weights: $(INSTALLED)
+	@test -n "$(BACKBONE)" || { echo "error: BACKBONE: missing; expected e.g. make fetch-weights BACKBONE=efficientnetb7" >&2; exit 2; }
+	$(PY) -m bloodcells.models --backbone $(BACKBONE) $(if $(CACHE_DIR),--cache-dir $(CACHE_DIR))
 
 # -- submission: zip model.py + exported weights (several WEIGHTS folders = an ensemble) and
 #    validate it in a fresh process; TTA=N sets the views, HALF=1 stores float16 weights

@@ -9,6 +9,12 @@ network) and its weights file (Keras `save_weights` format, float32 or float16).
 `.keras` files are not used: one saved by a newer Keras fails to load on the server's.
 Several pairs form an ensemble (probabilities averaged).
 
+Format bloodcells-model/2: the network is exactly `build_network(spec)` (keras.applications
+built with weights=None), whatever the training weights were; what Keras builds only for
+`weights="imagenet"` (EfficientNetB0-B7's stem Rescaling) was folded into the weights at
+training time. Format /1 exports load only for backbones whose Keras graph does not depend
+on the weights source; for the others a one-line error asks to re-export.
+
 Test-time augmentation: each JSON's "tta" (the one place it is set) gives the number of views (identity plus
 flips, quarter turns, small shifts, mild brightness/contrast, fixed seeds; or the 8
 flips/rotations), and the merge (softmax of the mean logits, or mean of probabilities).
@@ -29,7 +35,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SPEC_FORMAT = "bloodcells-model/1"
+SPEC_FORMAT = "bloodcells-model/2"
+LEGACY_FORMAT = "bloodcells-model/1"
+SPEC_FORMATS = (LEGACY_FORMAT, SPEC_FORMAT)
 NUM_CLASSES = 8
 
 # ---------------------------------------------------------------------------------------
@@ -137,15 +145,37 @@ def _small_cnn(x, options):
     return x
 
 
-def build_network(spec, backbone_weights=None):
-    """Backbone -> GAP -> Dense -> BN -> ReLU -> Dropout -> Dense(8) logits -> softmax.
+def build_dependent(backbone):
+    """Whether keras.applications builds this backbone differently for weights="imagenet"
+    (EfficientNetB0-B7 add a Rescaling after the stem Normalization)."""
+    return backbone.lower().startswith("efficientnetb")
 
-    `spec` is the exported JSON as a dict; `backbone_weights` is passed to
-    keras.applications (None at inference: the trained weights are loaded after)."""
+
+def backbone_constructor(spec):
+    """(keras.applications constructor name, its keyword arguments) for the spec's backbone,
+    or (None, {}) for the small CNN."""
     name = spec["backbone"].lower()
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{spec['backbone']}'; expected one of {sorted(BACKBONES)}")
     constructor, mode = BACKBONES[name]
+    if constructor is None:
+        return None, {}
+    side = int(spec.get("resize_to") or spec.get("input_size", 96))
+    extra = {"include_preprocessing": True} if mode == "raw" and "efficientnetb" not in name else {}
+    return constructor, {"include_top": False, "input_shape": (side, side, 3), **extra}
+
+
+def build_network(spec):
+    """Backbone -> GAP -> Dense -> BN -> ReLU -> Dropout -> Dense(8) logits -> softmax.
+
+    `spec` is the exported JSON as a dict. The backbone is built with weights=None: training
+    builds this same graph and loads its pretrained weights into it (bloodcells.models)."""
+    name = spec["backbone"].lower()
+    if spec.get("format", SPEC_FORMAT) == LEGACY_FORMAT and build_dependent(name):
+        raise ValueError(f"{spec.get('name', name)}: exported as {LEGACY_FORMAT}, whose {name} may lack the stem "
+                         f"layer it was trained with; re-export it with the current bloodcells")
+    constructor, kwargs = backbone_constructor(spec)
+    mode = BACKBONES[name][1]
     size = int(spec.get("input_size", 96))
     resize_to = spec.get("resize_to")
     head = spec.get("head", {})
@@ -164,11 +194,7 @@ def build_network(spec, backbone_weights=None):
             x = ImageStandardization(per_channel=norm == "channel", name="standardize")(x)
         x = _small_cnn(x, options)
     else:
-        side = int(resize_to or size)
-        extra = {"include_preprocessing": True} if mode == "raw" and "efficientnetb" not in name else {}
-        backbone = getattr(keras.applications, constructor)(
-            include_top=False, weights=backbone_weights, input_shape=(side, side, 3), **extra)
-        x = backbone(x)
+        x = getattr(keras.applications, constructor)(weights=None, **kwargs)(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dense(int(head.get("dense_units", 128)), name="head_dense")(x)
     x = keras.layers.BatchNormalization(momentum=head.get("bn_momentum", 0.9), name="head_bn")(x)
@@ -247,7 +273,7 @@ def _find_specs(folder):
                 spec = json.load(fh)
             except ValueError:
                 continue
-        if isinstance(spec, dict) and spec.get("format") == SPEC_FORMAT:
+        if isinstance(spec, dict) and spec.get("format") in SPEC_FORMATS:
             specs.append((os.path.join(folder, file), spec))
     return specs
 
@@ -302,7 +328,7 @@ def batch_bounds(n, images_per_call):
 class Model:
     """The server's entry point: `Model()` then `predict(X)` -> (n,) int64 labels.
 
-    Every `*.json` next to this file with format bloodcells-model/1 is a member (several:
+    Every `*.json` next to this file with format bloodcells-model/2 (or /1) is a member (several:
     their probabilities are averaged). Each member applies its JSON's "tta" (views, mode,
     merge): that is the one place TTA is set (`build_submission.py --tta` rewrites it)."""
 

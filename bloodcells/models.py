@@ -2,11 +2,22 @@
 rebuilds them on the server, so shipped weights always fit), plus what only
 training needs: ImageNet/None/file backbone weights, freezing for the head phase,
 partial unfreezing for fine-tuning, and exporting the best model in the
-`bloodcells-model/1` format (model.json + model.weights.h5).
+`bloodcells-model/2` format (model.json + model.weights.h5).
+
+Pretrained weights never change the graph: the network is always model.py's weights=None
+graph. The weights come from the network Keras builds with `weights="imagenet"` (a file
+path is served through that same code path), copied layer by layer; a layer Keras adds
+only for ImageNet weights (EfficientNetB0-B7's stem Rescaling by 1/sqrt(std)) is folded
+into the stem Normalization's variance (var / c^2: the same function), any other
+difference is an error, and the result must compute what Keras's pretrained network
+computes. The export rebuilds the network as model.py will, loads the written weights and
+must reproduce the training model's probabilities on the validator's probe images
+(stored in model.json as the reference the submission checks compare against).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -19,7 +30,10 @@ from . import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from .cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SPEC_FORMAT = "bloodcells-model/1"
+SPEC_FORMAT = "bloodcells-model/2"
+LEGACY_FORMAT = "bloodcells-model/1"
+REFERENCE_IMAGES = 64  # = the validator's default probe count (bloodcells.submission.Limits)
+EXPORT_TOLERANCE = 1e-5  # max |dp| between the training model and the rebuilt export
 HEAD_DEFAULTS = {"dense_units": 128, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"}
 TTA_DEFAULTS = {"views": 10, "merge": "softmax_mean_logits", "mode": "random"}
 
@@ -66,9 +80,18 @@ def make_spec(model_cfg: dict, name: str = "model", source_run: str = "") -> dic
         "head": head,
         "tta": tta,
         "class_names": list(CLASS_NAMES),
+        "pretrained": _weights_kind(model_cfg.get("weights", "none")),
         "source_run": source_run,
         "keras_version": keras.__version__,
     }
+
+
+def _weights_kind(weights) -> str:
+    """Where the backbone's starting weights came from, for the record in model.json."""
+    text = str(weights if weights is not None else "none")
+    if text.lower() in ("none", "", "imagenet"):
+        return text.lower() or "none"
+    return f"file:{Path(text).name}"
 
 
 def resolve_backbone_weights(weights, backbone: str, cache_dir=None):
@@ -106,9 +129,113 @@ def set_weights_cache(cache_dir) -> None:
 
 
 def build(spec: dict, weights=None, cache_dir=None):
-    """The training network (same graph as the shipped one)."""
+    """The training network: model.py's graph, with pretrained backbone weights loaded
+    into it when `weights` is 'imagenet' or a file."""
     resolved = resolve_backbone_weights(weights, spec["backbone"], cache_dir)
-    return shipped_model_module().build_network(spec, backbone_weights=resolved)
+    net = shipped_model_module().build_network(spec)
+    if resolved is not None:
+        load_pretrained_backbone(net, spec, resolved)
+    return net
+
+
+def weights_cache() -> Path:
+    from keras.src.backend import config as keras_config
+    return Path(keras_config.keras_home()) / "models"
+
+
+@contextlib.contextmanager
+def _weights_fetch(backbone: str, source: str):
+    """keras.applications fetch their weights through `file_utils.get_file`. A file path
+    is served there (so it builds exactly what "imagenet" builds); a failed download
+    becomes one line naming the backbone, the cache and the command that fetches it."""
+    from keras.src.utils import file_utils
+
+    fetch = file_utils.get_file
+
+    def get_file(fname=None, origin=None, *args, **kwargs):
+        if source != "imagenet":
+            return source
+        try:
+            return fetch(fname, origin, *args, **kwargs)
+        except Exception as exc:  # Keras raises a bare Exception for URL and HTTP errors
+            raise UserError(
+                f"{backbone}: model.weights: 'imagenet' download of {fname} into {weights_cache()} failed "
+                f"({' '.join(str(exc).split(' -- ')[-1].split())[:100]}); on a connected machine run `make fetch-weights "
+                f"BACKBONE={backbone} CACHE_DIR=<dir>` and set model.cache_dir to <dir>, or set model.weights "
+                f"to the downloaded .h5 file") from None
+
+    file_utils.get_file = get_file
+    try:
+        yield
+    finally:
+        file_utils.get_file = fetch
+
+
+def keras_pretrained_backbone(spec: dict, source: str):
+    """The backbone exactly as keras.applications builds it with ImageNet weights (from
+    the download/cache, or from the file `source`)."""
+    import keras
+
+    constructor, kwargs = shipped_model_module().backbone_constructor(spec)
+    with _weights_fetch(spec["backbone"], source):
+        return getattr(keras.applications, constructor)(weights="imagenet", **kwargs)
+
+
+def load_pretrained_backbone(net, spec: dict, source: str) -> list:
+    """Copy Keras's pretrained backbone into `net`'s (weights=None) backbone, layer by
+    layer; fold an extra Rescaling that follows a Normalization into its variance. Any
+    other graph difference, or a result that does not compute what Keras's pretrained
+    backbone computes, is an error. Returns what was folded (for the log)."""
+    import keras
+    import numpy as np
+
+    name = spec["backbone"]
+    pretrained = keras_pretrained_backbone(spec, source)
+    target = next(layer for layer in net.layers if isinstance(layer, keras.Model))
+
+    def differs(why):
+        return UserError(f"{name}: model.weights: Keras's pretrained {pretrained.name} differs from the network "
+                         f"model.py rebuilds ({why}); this backbone cannot be shipped exactly")
+
+    src, dst, folded, i, j = pretrained.layers, target.layers, [], 0, 0
+    while i < len(src) or j < len(dst):
+        a = src[i] if i < len(src) else None
+        b = dst[j] if j < len(dst) else None
+        if a is not None and b is not None and type(a) is type(b) and \
+                [tuple(w.shape) for w in a.weights] == [tuple(w.shape) for w in b.weights]:
+            b.set_weights(a.get_weights())
+            i, j = i + 1, j + 1
+            continue
+        previous = dst[j - 1] if j else None
+        if isinstance(a, keras.layers.Rescaling) and isinstance(previous, keras.layers.Normalization) \
+                and getattr(previous, "adapt_variance", None) is not None and not np.any(np.asarray(a.offset)):
+            # Normalization: (x - mean) / sqrt(var); times c = (x - mean) / sqrt(var / c^2)
+            variance = previous.adapt_variance
+            scale = np.broadcast_to(np.asarray(a.scale, np.float64), tuple(variance.shape))
+            variance.assign((np.asarray(variance.numpy(), np.float64) / scale ** 2).astype("float32"))
+            folded.append(f"{a.name} x{np.round(scale, 4).tolist()} into {previous.name}.variance")
+            i += 1
+            continue
+        raise differs(f"layer {i} {type(a).__name__ if a else 'none'} vs {type(b).__name__ if b else 'none'}")
+    finalize_states(target)
+    side = int(pretrained.input.shape[1])
+    probe = np.random.default_rng(0).uniform(0, 255, (2, side, side, 3)).astype("float32")
+    expected = np.asarray(pretrained(probe, training=False), np.float64)
+    got = np.asarray(target(probe, training=False), np.float64)
+    relative = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
+    half = keras.mixed_precision.global_policy().compute_dtype != "float32"
+    if not relative <= (2e-2 if half else 1e-4):
+        raise differs(f"outputs differ by {relative:.2g} relative to their scale")
+    return folded
+
+
+def finalize_states(model) -> None:
+    """Layers that keep constants derived from their variables (Normalization's mean and
+    variance) refresh them; needed after assigning variables directly (set_weights,
+    checkpoint restore), which, unlike load_weights, does not."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if hasattr(layer, "finalize_state") and layer.built:
+            layer.finalize_state()
 
 
 # -- freezing ----------------------------------------------------------------------------
@@ -163,17 +290,80 @@ def unfreeze_top(model, n="all", freeze_batchnorm: bool = True) -> int:
 
 # -- export ------------------------------------------------------------------------------
 
+def network_probabilities(net, images, batch_size: int = 16):
+    """Single-view class probabilities, softmax of the logits layer in float64 (as the
+    submission checks compute them from a zip's networks)."""
+    import keras
+    import numpy as np
+
+    logits = keras.Model(net.input, net.get_layer("logits").output)
+    z = np.concatenate([np.asarray(logits(images[i:i + batch_size].astype("float32"), training=False), np.float64)
+                        for i in range(0, len(images), batch_size)])
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@contextlib.contextmanager
+def float32_policy():
+    """Build under the float32 policy within the block: model.py runs in float32 whatever
+    the training policy (mixed_float16 on GPUs), and so does the augmentation."""
+    import keras
+
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def reference_probabilities(model, spec: dict, images):
+    """The training model's probabilities; a mixed-precision model is evaluated as its
+    float32 twin (same graph, same variables), the computation model.py will run."""
+    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
+        return network_probabilities(model, images)
+    with float32_policy():
+        twin = shipped_model_module().build_network(spec)
+    twin.set_weights(model.get_weights())
+    finalize_states(twin)
+    return network_probabilities(twin, images)
+
+
+def check_rebuild(spec: dict, weights_path, images, reference, where) -> float:
+    """Rebuild as model.py does, load the written weights, compare with `reference`."""
+    import numpy as np
+
+    with float32_policy():
+        rebuilt = shipped_model_module().build_network(spec)
+        rebuilt.load_weights(str(weights_path))
+        diff = float(np.abs(network_probabilities(rebuilt, images) - reference).max())
+    if not diff <= EXPORT_TOLERANCE:
+        raise UserError(f"{where}: export: the network model.py rebuilds from it differs from the training "
+                        f"model by max |dp| = {diff:.3g} on {len(images)} probe images (tolerance "
+                        f"{EXPORT_TOLERANCE:g}); not exported (a graph that depends on how it was built)")
+    return diff
+
+
 def export(model, spec: dict, out_dir) -> Path:
     """Write `out_dir/model.json` + `out_dir/model.weights.h5` (contract 1). The pair is
-    written in a temporary sibling folder and swapped into place, so a reader never sees
-    a half-written export or a json without its weights."""
+    written in a temporary sibling folder, rebuilt as model.py will rebuild it and checked
+    against the training model (whose probabilities on the validator's probe images are
+    stored in model.json as "reference"), then swapped into place, so a reader never sees
+    a half-written or unfaithful export or a json without its weights."""
+    from .submission import probe_images
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    spec = {**spec, "weights_file": "model.weights.h5"}
+    probe = probe_images(REFERENCE_IMAGES)
+    reference = reference_probabilities(model, spec, probe)
+    spec = {**spec, "format": SPEC_FORMAT, "weights_file": "model.weights.h5",
+            "reference": {"probe_images": REFERENCE_IMAGES, "probs": reference.tolist()}}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     old = None
     try:
         model.save_weights(str(tmp / "model.weights.h5"))
+        check_rebuild(spec, tmp / "model.weights.h5", probe, reference, out_dir)
         (tmp / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -200,9 +390,12 @@ def read_export(folder) -> tuple[dict, Path]:
         spec = json.loads(path.read_text())
     except ValueError as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); re-export the model") from None
-    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+    if not isinstance(spec, dict) or spec.get("format") not in (SPEC_FORMAT, LEGACY_FORMAT):
         found = spec.get("format") if isinstance(spec, dict) else spec
         raise UserError(f"{path}: format: expected \"{SPEC_FORMAT}\", got {found!r}")
+    if spec["format"] == LEGACY_FORMAT and shipped_model_module().build_dependent(str(spec.get("backbone", ""))):
+        raise UserError(f"{path}: format: {LEGACY_FORMAT} export of {spec['backbone']}, whose network may differ "
+                        f"from the trained one; re-export it: train it again with the current bloodcells (--export)")
     for key in ("backbone", "weights_file"):
         if key not in spec:
             raise UserError(f"{path}: {key}: missing; expected a {SPEC_FORMAT} model.json")
@@ -223,3 +416,47 @@ def load_exported(folder):
         raise UserError(f"{weights}: weights: do not fit the network in model.json "
                         f"({' '.join(str(exc).split())[:160]})") from None
     return net, spec
+
+
+# -- fetching ImageNet weights ahead (a connected machine; the file then works offline) ------
+
+def fetch_weights(backbone: str, cache_dir=None) -> list:
+    """Download `backbone`'s ImageNet weights into the Keras cache (<cache_dir>/models/)
+    through keras.applications' own code; returns the cached file names."""
+    backbone = backbone.lower()
+    if backbone not in shipped_model_module().BACKBONES:
+        raise UserError(f"BACKBONE: unknown '{backbone}'; expected one of {backbone_names()}")
+    resolve_backbone_weights("imagenet", backbone, cache_dir)
+    from keras.src.utils import file_utils
+
+    fetched, fetch = [], file_utils.get_file
+
+    def recording(fname=None, origin=None, *args, **kwargs):
+        path = fetch(fname, origin, *args, **kwargs)
+        fetched.append(path)
+        return path
+
+    file_utils.get_file = recording
+    try:
+        keras_pretrained_backbone(make_spec({"backbone": backbone}), "imagenet")
+    finally:
+        file_utils.get_file = fetch
+    return fetched
+
+
+def fetch_main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bloodcells.models", description=(
+        "Download a backbone's ImageNet weights into the Keras cache, for training offline later "
+        "(set model.cache_dir to the same folder, or model.weights to the printed file)."))
+    ap.add_argument("--backbone", required=True, help="e.g. efficientnetb7")
+    ap.add_argument("--cache-dir", default=None, help="cache folder (default: Keras' ~/.keras); files go to <dir>/models/")
+    args = ap.parse_args(argv)
+    for path in fetch_weights(args.backbone, args.cache_dir):
+        print(path)
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+    run_cli(fetch_main)()

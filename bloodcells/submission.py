@@ -31,7 +31,7 @@ from bloodcells import IMAGE_SIZE, NUM_CLASSES
 from bloodcells.budget import DEFAULT_MARGIN
 from bloodcells.cli import UserError, run_cli
 from bloodcells.files import atomic_path, sha256_file
-from bloodcells.models import SPEC_FORMAT, export, make_spec, read_export, shipped_model_module
+from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT, export, make_spec, read_export, shipped_model_module
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_PY = REPO / "model.py"
@@ -55,6 +55,7 @@ class Limits:
     max_size_mb: float = 500.0  # zip size limit
     half_tolerance: float = 0.01  # --half: largest allowed |p16 - p32| on the probe batch
     parity_tolerance: float = 1e-3  # server check: largest allowed |p_server - p_here|
+    reference_tolerance: float = 1e-5  # largest allowed |p_zip - p_training model| (single view)
     timeout_s: float = 1800.0  # the validation process is stopped after this
 
     def describe(self) -> str:
@@ -325,7 +326,7 @@ def check_layout(zf: zipfile.ZipFile, report: Report) -> bool:
             spec = json.loads(zf.read(n))
         except ValueError:
             continue
-        if isinstance(spec, dict) and spec.get("format") == SPEC_FORMAT:
+        if isinstance(spec, dict) and spec.get("format") in (SPEC_FORMAT, LEGACY_FORMAT):
             specs.append(n)
             weights = spec.get("weights_file")
             if not weights or weights not in root:
@@ -391,6 +392,20 @@ try:
         res["stage"] = "predict_proba"
         p = M.predict_proba(X); res["proba"] = describe(p); arrays["proba"] = np.asarray(p)
     res["tta"] = [m.get("tta") for m in getattr(M, "members", []) if isinstance(m, dict)]
+    res["stage"] = "reference"
+    res["references"] = []
+    for m in getattr(M, "members", []):  # each network, one view, vs the training model's stored probabilities
+        ref = (m.get("spec") or {}).get("reference") if isinstance(m, dict) else None
+        if not ref or "network" not in m:
+            continue
+        k = min(len(X), len(ref["probs"]))
+        z = np.asarray(m["network"](X[:k].astype(np.float32), training=False), dtype=np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        i = len(res["references"])
+        arrays[f"net_{i}"], arrays[f"ref_{i}"] = p / p.sum(axis=1, keepdims=True), np.asarray(ref["probs"])[:k]
+        res["references"].append(str(m.get("name")))
+        res.setdefault("reference_dtypes", []).append(str((m.get("spec") or {}).get("weights_dtype", "float32")))
     np.savez(os.path.join(out_dir, "outputs.npz"), **arrays)
     res["stage"] = "done"
 except BaseException:
@@ -510,6 +525,29 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
                "or set --time-limit/--test-images/--speedup to the phase's real figures")
 
 
+def check_reference(result, outputs, report: Report, limits: Limits) -> None:
+    """Each network of the zip, run by `result`'s interpreter, against the probabilities
+    the training process's model gave on the same probe images (stored at export)."""
+    names = result.get("references")
+    if "error" in result or names is None:
+        return
+    if not names:
+        report.add("training parity", True, "not checked: no member stores reference probabilities "
+                                            f"(exported before {SPEC_FORMAT})")
+        return
+    diffs = [float(np.abs(outputs[f"net_{i}"] - outputs[f"ref_{i}"]).max()) for i in range(len(names))]
+    # float16 weights (--half) are held to the --half tolerance, checked against float32 separately
+    tolerances = [limits.half_tolerance if dtype == "float16" else limits.reference_tolerance
+                  for dtype in result.get("reference_dtypes") or ["float32"] * len(names)]
+    report.figures["reference_max_diff"] = max(diffs)
+    ok = all(d <= t for d, t in zip(diffs, tolerances))
+    report.add("training parity", ok,
+               f"{_versions(result)} vs the training model, one view, {len(outputs['net_0'])} probe images: max |dp| "
+               + ", ".join(f"{n} {d:.2g} (tolerance {t:g})" for n, d, t in zip(names, diffs, tolerances)),
+               "the shipped network is not the trained one: re-export with the current bloodcells, and report "
+               "the backbone if it persists")
+
+
 def check_parity(folder, probe, result, report: Report, other_python, limits: Limits) -> None:
     """Same zip, same images, another interpreter (this project's versions): the server's
     Keras must compute the same probabilities, not merely load the weights."""
@@ -567,9 +605,10 @@ def validate(zip_path, python=None, limits: Limits | None = None, reference=None
         probe = probe_images(limits.probe_images)
         result, outputs, changed = run_folder(folder, python, probe, limits.timeout_s)
         check_outputs(result, outputs, changed, len(probe), report, limits)
+        check_reference(result, outputs, report, limits)
         if parity_python is not None and "error" not in result:
             check_parity(folder, probe, result, report, parity_python, limits)
-    if reference is not None and report.ok:
+    if reference is not None and report.probs is not None:
         ref_result, ref_outputs, _ = run_folder(reference, python, probe, limits.timeout_s)
         compare_probabilities(
             report, "float16 vs float32", "half", report.probs, ref_outputs.get("proba"), limits.half_tolerance,
@@ -598,7 +637,7 @@ def _limits(args) -> Limits:
     return Limits(probe_images=args.probe_images, test_images=args.test_images, time_limit_s=args.time_limit,
                   speedup=args.speedup,
                   max_size_mb=args.max_size_mb, half_tolerance=args.half_tolerance, timeout_s=args.timeout,
-                  parity_tolerance=args.parity_tolerance)
+                  parity_tolerance=args.parity_tolerance, reference_tolerance=args.reference_tolerance)
 
 
 def _print_report(report: Report, python) -> None:
@@ -641,6 +680,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-size-mb", type=float, default=d.max_size_mb, help=f"default {d.max_size_mb:g}")
     ap.add_argument("--half-tolerance", type=float, default=d.half_tolerance, help=f"default {d.half_tolerance:g}")
     ap.add_argument("--parity-tolerance", type=float, default=d.parity_tolerance, help=f"default {d.parity_tolerance:g}")
+    ap.add_argument("--reference-tolerance", type=float, default=d.reference_tolerance,
+                    help=f"largest |dp| against the training model's stored probabilities, default {d.reference_tolerance:g}")
     ap.add_argument("--timeout", type=float, default=d.timeout_s, help=f"validation process timeout, default {d.timeout_s:g} s")
     from bloodcells import ensemble_select
 

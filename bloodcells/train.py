@@ -22,7 +22,6 @@ random-generator states included.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
 import io
@@ -254,21 +253,6 @@ def precision_policy(train_cfg: dict, strategy) -> str:
     return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "mixed_float16"
 
 
-@contextlib.contextmanager
-def float32_policy():
-    """Keras layers built inside compute in float32 whatever the training policy: the
-    augmentation layers run in the input pipeline on float32 images in 0-255 (under
-    mixed_float16 they would compute in float16 and fail on mixed dtypes)."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def strategy_summary(strategy) -> dict:
     resolver = getattr(strategy, "cluster_resolver", None)
     cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
@@ -422,6 +406,22 @@ def read_checkpoint(path):
     return state, model_vars, opt_vars
 
 
+def check_resume(run_info: dict, data_sha256: str, data_path, state: dict, cfg: dict) -> None:
+    """--resume continues the run it was started as: same data (sha256), and a run whose
+    checkpoint predates the shipped-network fix must not continue on a different graph."""
+    from .models import SPEC_FORMAT, shipped_model_module
+
+    saved = run_info.get("data_sha256")
+    if saved and saved != data_sha256:
+        raise UserError(f"{data_path}: --data: sha256 {data_sha256[:12]}... differs from the run's "
+                        f"{saved[:12]}...; expected the data the run was started with")
+    model = cfg["model"]
+    if state.get("spec_format") is None and shipped_model_module().build_dependent(model["backbone"]) \
+            and str(model["weights"]).lower() not in ("none", ""):
+        raise UserError(f"--resume: this {model['backbone']} run predates {SPEC_FORMAT} (its stem was built "
+                        f"differently from the shipped network); start a new run")
+
+
 def assign_variables(variables, values, what: str) -> None:
     if len(variables) != len(values):
         raise UserError(f"{what}: {len(values)} saved variables for {len(variables)} in the network; "
@@ -509,6 +509,9 @@ class Trainer:
             self.optimizer = make_optimizer(self.cfg["train"], float(self.cfg[phase]["lr"]))
             self.model.compile(optimizer=self.optimizer, loss=make_loss(self.cfg["train"]),
                                metrics=["accuracy"], jit_compile=bool(self.cfg["train"]["xla"]))
+        # mixed_float16: compile wrapped it in a LossScaleOptimizer, whose loss scale and
+        # step counter are state to checkpoint with the inner optimiser's
+        self.optimizer = self.model.optimizer
 
     def run(self) -> dict:
         import keras
@@ -551,7 +554,7 @@ class Trainer:
         write_json_atomic(self.out / ("config.json" if not self.resume else "config_resume.json"), run_info)
         weights = (class_weights(self.train.labels)[self.train.labels]
                    if cfg["data"]["imbalance"] == "class_weights" else None)
-        with float32_policy():
+        with models.float32_policy():  # mixed_float16 would make the augmentation layers mix dtypes
             self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg["augment"],
                                                            seed=self.seed, batch_size=int(t["batch_size"]),
                                                            weights=weights)
@@ -562,10 +565,12 @@ class Trainer:
             raise UserError(f"config: phase1.epochs/phase2.epochs: both 0; expected at least one epoch")
         state = {"phase_index": 0, "epoch_in_phase": 0, "epoch": 0, "history": [], "best": None,
                  "best_epoch": None, "phase_best": None, "wait": 0, "plateau_wait": 0, "lr_scale": 1.0,
-                 "done": False}
+                 "done": False, "spec_format": models.SPEC_FORMAT}
         restored = None
         if self.resume:
             state, model_vars, opt_vars = read_checkpoint(ckpt_path)
+            check_resume(json.loads((self.out / "config.json").read_text()), run_info["data_sha256"],
+                         self.data_path, state, cfg)
             restored = (model_vars, opt_vars)
             self.log(f"resume: from epoch {state['epoch']} ({ckpt_path})")
 
@@ -575,6 +580,7 @@ class Trainer:
             self.setup_phase(phase)
             if restored is not None:
                 assign_variables(self.model.variables, restored[0], f"{ckpt_path}: model")
+                models.finalize_states(self.model)
                 if restored[1]:
                     with self.strategy.scope():  # distributed optimizer variables
                         self.optimizer.build(self.model.trainable_variables)
@@ -727,6 +733,8 @@ def _load_weights_npz(model, path) -> None:
     with np.load(path, allow_pickle=False) as archive:
         values = [archive[k] for k in sorted(archive.files)]
     assign_variables(model.variables, values, str(path))
+    from .models import finalize_states
+    finalize_states(model)
 
 
 def _lr_callback_base():
@@ -778,6 +786,10 @@ def main(argv=None):
         if not saved.is_file():
             raise UserError(f"{saved}: --resume: missing; expected the run folder of an earlier run")
         cfg = json.loads(saved.read_text())["config"]
+        for flag, given, started in (("--seed", args.seed, cfg["seed"]), ("--epochs", args.epochs, cfg["phase2"]["epochs"])):
+            if given is not None and int(given) != int(started):
+                raise UserError(f"{saved}: --resume {flag} {given}: the run was started with {flag} {started}; "
+                                f"expected the same (or none), or a new --out to train differently")
     else:
         cfg = load_config(args.config, overrides)
     metrics = Trainer(cfg, args.data, args.out, args.export, args.resume).run()

@@ -31,3 +31,16 @@ def snapshot(folder: Path) -> dict:
     """{relative path: (size, mtime_ns)} of every file under folder: to prove nothing was written."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def imagenet_standin(tmp_path_factory):
+    """keras.applications' `weights="imagenet"` served offline by stand-in weight files
+    (tests/standin_weights.py): only the download is replaced."""
+    from types import SimpleNamespace
+
+    from standin_weights import serve_standin_weights
+
+    served = SimpleNamespace(folder=tmp_path_factory.mktemp("imagenet_standin"), calls=[])
+    with serve_standin_weights(served.folder, served.calls):
+        yield served

@@ -22,9 +22,9 @@ def _images(n, seed=0):
 
 def test_spec_follows_contract_1():
     spec = models.make_spec({**TINY, "resize_to": 0}, name="tiny", source_run="runs/x")
-    assert spec["format"] == "bloodcells-model/1"
+    assert spec["format"] == "bloodcells-model/2"
     for key in ("name", "weights_file", "backbone", "backbone_options", "input_size", "resize_to",
-                "num_classes", "head", "tta", "class_names", "source_run", "keras_version"):
+                "num_classes", "head", "tta", "class_names", "pretrained", "source_run", "keras_version"):
         assert key in spec
     assert spec["input_size"] == 96 and spec["num_classes"] == 8 and spec["resize_to"] is None
     assert set(spec["head"]) == {"dense_units", "dropout", "bn_momentum", "activation"}
@@ -139,10 +139,16 @@ def test_export_is_loadable_by_model_py_and_replaces_atomically(tmp_path, monkey
     models.export(net, spec, out)
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.weights.h5"]
     saved = json.loads((out / "model.json").read_text())
-    assert saved["weights_file"] == "model.weights.h5" and saved["format"] == "bloodcells-model/1"
+    assert saved["weights_file"] == "model.weights.h5" and saved["format"] == "bloodcells-model/2"
     rebuilt = models.shipped_model_module().build_network(saved)
     rebuilt.load_weights(str(out / "model.weights.h5"))
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-5)
+
+    # The training model's probabilities on the validator's probe images are stored.
+    from bloodcells.submission import probe_images
+    reference = np.asarray(saved["reference"]["probs"])
+    assert reference.shape == (64, 8) and saved["reference"]["probe_images"] == 64
+    np.testing.assert_allclose(reference, net.predict(probe_images(64).astype(np.float32), verbose=0), atol=1e-6)
 
     # A failing export leaves the previous one intact and no temporary folder behind.
     before = (out / "model.weights.h5").read_bytes()
@@ -216,3 +222,59 @@ def test_residual_cnn_trains_with_onednn_on_small_batches(tmp_path):
            "PYTHONPATH": str(Path(models.__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-800:]
+
+
+def test_export_refuses_a_network_model_py_would_rebuild_differently(tmp_path):
+    """The safety net: the export is rebuilt as model.py rebuilds it and must compute what
+    the training model computes. Here the spec says ELU where the trained head has ReLU."""
+    spec = models.make_spec(TINY, name="tiny")
+    net = models.build(spec, "none")
+    layer = net.get_layer("logits")
+    layer.set_weights([w * 20 for w in layer.get_weights()])
+    wrong = {**spec, "head": {**spec["head"], "activation": "elu"}}
+    out = tmp_path / "weights" / "tiny"
+    with pytest.raises(UserError, match=r"export: the network model.py rebuilds .* max \|dp\| = "):
+        models.export(net, wrong, out)
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def _legacy_export(tmp_path, backbone):
+    """A bloodcells-model/1 export (written before the stem fix) of `backbone`."""
+    spec = {**models.make_spec({**TINY, "backbone": backbone}, name="old"), "format": "bloodcells-model/1"}
+    spec.pop("reference", None)
+    folder = tmp_path / backbone
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps(spec))
+    (folder / "model.weights.h5").write_bytes(b"not read")
+    return folder, spec
+
+
+def test_format_1_exports_load_only_when_their_network_cannot_differ(tmp_path):
+    folder, spec = _legacy_export(tmp_path, "small_cnn")
+    net = models.build(spec, "none")
+    net.save_weights(str(folder / "model.weights.h5"))
+    rebuilt, _ = models.load_exported(folder)  # build-independent: loads as before
+    x = _images(2)
+    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-6)
+    folder, spec = _legacy_export(tmp_path, "efficientnetb0")
+    with pytest.raises(UserError, match=r"bloodcells-model/1 export of efficientnetb0, .* re-export it"):
+        models.read_export(folder)
+    with pytest.raises(ValueError, match="re-export"):  # model.py itself, on the server
+        models.shipped_model_module().build_network(spec)
+
+
+def test_fetch_weights_offline_is_one_line_naming_backbone_cache_and_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # a proxy that refuses connections: the download fails here even on a connected machine
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-m", "bloodcells.models", "--backbone", "mobilenetv2",
+                             "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "mobilenetv2" in errors[0] and str((tmp_path / "cache").resolve() / "models") in errors[0]
+    assert "make fetch-weights BACKBONE=mobilenetv2" in errors[0]

@@ -219,7 +219,7 @@ def test_full_run_writes_everything_and_exports(tmp_path, data_file):
     assert saved["best_epoch"] in [i + 1 for i, r in enumerate(rows) if float(r["val_shifted_acc"]) == best]
     assert metrics["val_shifted_acc"] == pytest.approx(best)  # the exported model is the best epoch's
     spec = json.loads((export / "model.json").read_text())
-    assert spec["format"] == "bloodcells-model/1" and (export / "model.weights.h5").is_file()
+    assert spec["format"] == "bloodcells-model/2" and (export / "model.weights.h5").is_file()
 
     # A second run into the same folder without --resume is refused.
     with pytest.raises(UserError, match="--out"):
@@ -300,3 +300,80 @@ def test_upsampling_run_and_cli_resume(tmp_path, data_file):
     result = subprocess.run(base + ["--resume"], capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["val_acc"] == before["val_acc"]
+
+
+def _checkpoint_arrays(path):
+    with np.load(path) as archive:
+        return {k: archive[k] for k in archive.files if k != "state_json"}
+
+
+def test_mixed_precision_resume_restores_the_loss_scale_and_ends_exactly(tmp_path, data_file, monkeypatch):
+    """mixed_float16 (CPU, tiny model): compile wraps the optimiser in a LossScaleOptimizer;
+    its loss scale and step counter are checkpointed, so an interrupted run ends exactly
+    where an uninterrupted one does. Here the scale starts high (2^18: the first steps
+    overflow, are skipped and halve it) and grows every 2 steps (default 2,000), so it
+    changes within this short run, and a resume that restarted it would differ."""
+    import keras
+
+    real_init = keras.optimizers.LossScaleOptimizer.__init__
+
+    def fast_growth(self, inner, initial_scale=2.0 ** 15, dynamic_growth_steps=2000, **kwargs):
+        real_init(self, inner, initial_scale=2.0 ** 18, dynamic_growth_steps=2, **kwargs)
+
+    monkeypatch.setattr(keras.optimizers.LossScaleOptimizer, "__init__", fast_growth)
+    cfg = tiny_config(**{"train.mixed_precision": True, "phase1.epochs": 0, "phase2.epochs": 3})
+    try:
+        whole = train.Trainer(cfg, data_file, tmp_path / "whole")
+        whole.run()
+        assert "LossScale" in type(whole.model.optimizer).__name__
+        scale = float(whole.model.optimizer.dynamic_scale.numpy())
+        assert scale < 2.0 ** 18  # the scale moved during the run
+
+        real_save = train.save_checkpoint
+        calls = {"n": 0}
+
+        def save_then_die(*args, **kwargs):  # killed after epoch 2's checkpoint
+            real_save(*args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise _Interrupt()
+
+        monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+        with pytest.raises(_Interrupt):
+            train.Trainer(cfg, data_file, tmp_path / "cut").run()
+        monkeypatch.setattr(train, "save_checkpoint", real_save)
+        cut = train.Trainer(cfg, data_file, tmp_path / "cut", resume=True)
+        cut.run()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert float(cut.model.optimizer.dynamic_scale.numpy()) == scale
+    assert int(cut.model.optimizer.step_counter.numpy()) == int(whole.model.optimizer.step_counter.numpy())
+    assert _history(tmp_path / "whole") == _history(tmp_path / "cut")
+    w, c = _checkpoint_arrays(tmp_path / "whole" / "best.npz"), _checkpoint_arrays(tmp_path / "cut" / "best.npz")
+    assert w.keys() == c.keys() and all(np.array_equal(w[k], c[k]) for k in w)
+
+
+def test_resume_refuses_other_data_seed_or_epochs(tmp_path, data_file, capsys):
+    cfg = tiny_config(**{"phase1.epochs": 0, "phase2.epochs": 2})
+    run = tmp_path / "run"
+    train.Trainer(cfg, data_file, run).run()
+    other = tmp_path / "other.npz"
+    with np.load(data_file) as d:
+        images = d["images"].copy()
+        images[0, 0, 0, 0] ^= 1
+        save_npz_atomic(other, images=images, labels=d["labels"])
+    with pytest.raises(UserError, match=r"other.npz: --data: sha256 .* differs from the run's"):
+        train.Trainer(cfg, other, run, resume=True).run()
+    config = tmp_path / "unused.toml"
+    config.write_text('name = "x"\n')
+    base = ["--config", str(config), "--data", str(data_file), "--out", str(run), "--resume"]
+    capsys.readouterr()  # the runs' progress lines
+    for flag, value, started in (("--seed", "4", "3"), ("--epochs", "5", "2")):
+        with pytest.raises(SystemExit) as exit_:
+            train.main(base + [flag, value])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--resume {flag} {value}: the run was started with {flag} {started}" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        train.main(base + ["--seed", "3", "--epochs", "2"])  # the values it was started with
+    assert exit_.value.code == 0
