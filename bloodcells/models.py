@@ -330,8 +330,10 @@ def reference_probabilities(model, spec: dict, images):
     return network_probabilities(twin, images)
 
 
-def check_rebuild(spec: dict, weights_path, images, reference, where) -> float:
-    """Rebuild as model.py does, load the written weights, compare with `reference`."""
+def check_rebuild(spec: dict, weights_path, images, reference, where, save_to=None) -> float:
+    """Rebuild as model.py does, load the written weights, compare with `reference`; with
+    `save_to`, write the rebuilt network's weights there (the network alone: a compiled
+    training model's file also holds its optimizer's state, 2-3x the size)."""
     import numpy as np
 
     with float32_policy():
@@ -342,6 +344,8 @@ def check_rebuild(spec: dict, weights_path, images, reference, where) -> float:
         raise UserError(f"{where}: export: the network model.py rebuilds from it differs from the training "
                         f"model by max |dp| = {diff:.3g} on {len(images)} probe images (tolerance "
                         f"{EXPORT_TOLERANCE:g}); not exported (a graph that depends on how it was built)")
+    if save_to is not None:
+        rebuilt.save_weights(str(save_to))
     return diff
 
 
@@ -362,8 +366,9 @@ def export(model, spec: dict, out_dir) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     old = None
     try:
-        model.save_weights(str(tmp / "model.weights.h5"))
-        check_rebuild(spec, tmp / "model.weights.h5", probe, reference, out_dir)
+        model.save_weights(str(tmp / "training.weights.h5"))
+        check_rebuild(spec, tmp / "training.weights.h5", probe, reference, out_dir, save_to=tmp / "model.weights.h5")
+        os.remove(tmp / "training.weights.h5")
         (tmp / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"

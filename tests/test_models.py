@@ -278,3 +278,24 @@ def test_fetch_weights_offline_is_one_line_naming_backbone_cache_and_command(tmp
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert "mobilenetv2" in errors[0] and str((tmp_path / "cache").resolve() / "models") in errors[0]
     assert "make fetch-weights BACKBONE=mobilenetv2" in errors[0]
+
+
+def test_export_holds_the_network_alone_not_the_optimizer_state(tmp_path):
+    """A compiled, trained model's save_weights also writes its optimizer's slots (Adam: twice
+    the weights again); the shipped file must hold only what model.py loads."""
+    import h5py
+    import keras
+
+    spec = models.make_spec({"backbone": "small_cnn", "backbone_options": {"widths": [8, 16]},
+                             "head": {"dense_units": 16}})
+    net = models.build(spec)
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    net.fit(_images(4).astype(np.float32), np.eye(8, dtype=np.float32)[[0, 1, 2, 3]], epochs=1, verbose=0)
+    folder = models.export(net, spec, tmp_path / "export")
+    with h5py.File(folder / "model.weights.h5", "r") as f:
+        groups = []
+        f.visit(groups.append)
+    assert not [g for g in groups if "optimizer" in g], [g for g in groups if "optimizer" in g][:5]
+    rebuilt, _ = models.load_exported(folder)
+    probe = _images(8).astype(np.float32)
+    np.testing.assert_allclose(rebuilt.predict(probe, verbose=0), net.predict(probe, verbose=0), atol=1e-6)
