@@ -83,10 +83,8 @@ def assert_same_training(reference: Path, run: Path) -> None:
 
 
 def shipped_probabilities(export: Path, folder: Path, images: np.ndarray) -> np.ndarray:
-    stage([export], folder)
-    model = load_shipped(folder).Model()
-    model.set_tta(views=1)
-    return model.predict_proba(images)
+    stage([export], folder, tta=1)  # one view: the JSON is where TTA is set
+    return load_shipped(folder).Model().predict_proba(images)
 
 
 def test_mirrored_on_two_devices_trains_the_one_device_model(mirrored, data, tmp_path):
