@@ -32,7 +32,7 @@ def test_notebook_runs_headless_in_demo_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOODCELLS_NOTEBOOK_DEMO", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     notebook = nbformat.read(repo / "notebooks" / "train_submit.ipynb", as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+    client = nbclient.NotebookClient(notebook, timeout=1800, kernel_name="python3",
                                      resources={"metadata": {"path": str(repo / "notebooks")}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
 
