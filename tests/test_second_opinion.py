@@ -87,7 +87,7 @@ def test_plan_and_describe_say_what_ran():
 def test_cache_is_written_reused_and_keyed_on_code_and_library_version(tmp_path, monkeypatch):
     images = cell_images(4, seed=8)
     sha = evaluate.data_fingerprint(images, np.zeros(4))
-    shifted, plans = evaluate.cached_shift(images, "second_opinion", 0, sha, tmp_path)
+    shifted, plans, _ = evaluate.cached_shift(images, "second_opinion", 0, sha, tmp_path)
     cache = tmp_path / f"{sha[:16]}_second_opinion_0.npz"
     assert cache.exists() and np.array_equal(shifted, shift.apply_shift(images, "second_opinion", 0))
     assert plans == [shift.plan(i, "second_opinion", 0) for i in range(4)]
