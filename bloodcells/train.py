@@ -529,6 +529,7 @@ class Trainer:
                             f"earlier (interrupted) run")
         if not self.resume and ckpt_path.exists():
             raise UserError(f"{self.out}: --out: already holds a run; expected a new folder, or --resume")
+        run_folder = self.out  # the chief's: a resumed worker checks its config.json there too
         self.strategy = make_strategy(t)  # first: a multi-worker strategy must precede other TensorFlow work
         self.scratch = None if is_chief(self.strategy) else worker_scratch(self.out, self.resume)
         if self.scratch is not None:  # only the chief writes the run folder and the export
@@ -569,7 +570,7 @@ class Trainer:
         restored = None
         if self.resume:
             state, model_vars, opt_vars = read_checkpoint(ckpt_path)
-            check_resume(json.loads((self.out / "config.json").read_text()), run_info["data_sha256"],
+            check_resume(json.loads((run_folder / "config.json").read_text()), run_info["data_sha256"],
                          self.data_path, state, cfg)
             restored = (model_vars, opt_vars)
             self.log(f"resume: from epoch {state['epoch']} ({ckpt_path})")

@@ -230,24 +230,29 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, data_file, monkeypatch):
-    cfg = tiny_config()
-    train.Trainer(cfg, data_file, tmp_path / "whole").run()
 
+def _run_until_checkpoint(cfg, data_file, out, monkeypatch, n):
+    """A run killed right after its n-th checkpoint is written, as an interrupted job is."""
     real_save = train.save_checkpoint
     calls = {"n": 0}
 
-    def save_then_die(*args, **kwargs):  # killed right after epoch 2's checkpoint (mid phase 2)
+    def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == n:
             raise _Interrupt()
 
     monkeypatch.setattr(train, "save_checkpoint", save_then_die)
     with pytest.raises(_Interrupt):
-        train.Trainer(cfg, data_file, tmp_path / "cut").run()
-    assert len(_history(tmp_path / "cut")) == 2
+        train.Trainer(cfg, data_file, out).run()
     monkeypatch.setattr(train, "save_checkpoint", real_save)
+
+def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, data_file, monkeypatch):
+    cfg = tiny_config()
+    train.Trainer(cfg, data_file, tmp_path / "whole").run()
+
+    _run_until_checkpoint(cfg, data_file, tmp_path / "cut", monkeypatch, 2)  # mid phase 2
+    assert len(_history(tmp_path / "cut")) == 2
     with pytest.raises(UserError, match="--resume"):
         train.Trainer(cfg, data_file, tmp_path / "cut").run()
     train.Trainer(cfg, data_file, tmp_path / "cut", resume=True).run()
@@ -329,19 +334,7 @@ def test_mixed_precision_resume_restores_the_loss_scale_and_ends_exactly(tmp_pat
         scale = float(whole.model.optimizer.dynamic_scale.numpy())
         assert scale < 2.0 ** 18  # the scale moved during the run
 
-        real_save = train.save_checkpoint
-        calls = {"n": 0}
-
-        def save_then_die(*args, **kwargs):  # killed after epoch 2's checkpoint
-            real_save(*args, **kwargs)
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise _Interrupt()
-
-        monkeypatch.setattr(train, "save_checkpoint", save_then_die)
-        with pytest.raises(_Interrupt):
-            train.Trainer(cfg, data_file, tmp_path / "cut").run()
-        monkeypatch.setattr(train, "save_checkpoint", real_save)
+        _run_until_checkpoint(cfg, data_file, tmp_path / "cut", monkeypatch, 2)
         cut = train.Trainer(cfg, data_file, tmp_path / "cut", resume=True)
         cut.run()
     finally:
