@@ -23,6 +23,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -69,6 +70,13 @@ def load_model(export: Path, folder: Path, views: int, model_py: Path | None = N
     if not (folder / "model.py").is_file():
         stage([export], folder, tta=views, tta_mode="random", tta_merge="softmax_mean_logits",
               model_py=model_py or MODEL_PY)
+        if model_py:  # an older model.py reads an older spec format; the network is the same
+            match = re.search(r'^SPEC_FORMAT = "([^"]+)"', model_py.read_text(), re.M)
+            for spec_file in folder.glob("*.json"):
+                spec = json.loads(spec_file.read_text())
+                if match and spec.get("format", "").startswith("bloodcells-model/"):
+                    spec["format"] = match.group(1)
+                    spec_file.write_text(json.dumps(spec))
     spec = importlib.util.spec_from_file_location(f"bench_model_{folder.name}", folder / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

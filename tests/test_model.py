@@ -10,6 +10,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from bloodcells.submission import export_tiny, probe_images, stage, write_half_weights
@@ -232,6 +233,18 @@ def test_every_view_reaches_the_network_and_merges_as_documented(exports, tmp_pa
 
     mean = staged("mean", tta=views, tta_mode=mode, tta_merge="mean_probs").Model()
     np.testing.assert_allclose(_softmax(logits).mean(axis=0), mean.predict_proba(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_stacked_views_are_the_documented_views(shipped, images, n):
+    """model.py builds all views in one compiled gather; each must equal the view as
+    written out in numpy (flip, quarter turn, reflected shift, contrast, brightness)."""
+    module = load_shipped(shipped)
+    plan = module.tta_plan(10)
+    x = images[:n].astype(np.float32)
+    stacked = module._views_function(plan, 96)(tf.constant(x)).numpy().reshape(len(plan), n, 96, 96, 3)
+    for got, view in zip(stacked, plan):
+        np.testing.assert_allclose(got, _view_numpy(x.astype(np.float64), view, module.MAX_SHIFT), atol=1e-3)
 
 
 def test_view_plan_is_fixed_label_preserving_and_a_prefix(shipped):
