@@ -1,5 +1,5 @@
 """TTA against its limit: `Model.predict_proba` with N views against N plain forward passes
-of the same network with the same rows per call, for EfficientNetB7 and for the CPU
+of the same network on the same batches, for EfficientNetB7 and for the CPU
 recipe's network (configs/cpu.toml), best of `--rounds` per path in one process.
 
     PYTHONPATH=. python bench/bench_tta.py                      # B7 + CPU recipe (~15 min idle)
@@ -7,9 +7,10 @@ recipe's network (configs/cpu.toml), best of `--rounds` per path in one process.
     PYTHONPATH=. python bench/bench_tta.py --baseline 82240e4   # also time model.py of that commit
 
 Prints one table; asserts nothing. Weights are untrained: speed does not depend on their
-values. Every path is timed once per round, the order rotating from round to round, so a
-load that drifts weighs on all paths alike; a path's figure is its best round (the least
-disturbed), with the median and the range beside it. The "limit" path feeds the same
+values. The paths' calls are interleaved batch by batch (batch i of every path, the order
+rotating from call to call), so a load that drifts weighs on all paths alike; a path's
+figure is its best round (the least disturbed), with the median and the range beside it,
+and the median of the per-call TTA / limit ratios, which drift cannot bias. The "limit" path feeds the same
 logits network, already-converted float32 tensors, in the same rows per call as the TTA
 path: nothing but the network. Idle check: the load average before the run, and the CPU
 time other processes used during the timed rounds (from /proc/stat minus this process);
@@ -125,23 +126,34 @@ class OtherWork:
 
 # -- throughput --------------------------------------------------------------------------------
 
-def time_paths(paths: dict, rounds: int, rows_per_pass: int, label: str) -> tuple[dict, list]:
-    """Each path once per round, the order rotating; returns {path: [rows/s per round]}
-    and the other processes' CPU share per round."""
+def time_paths(paths: dict, rounds: int, rows_per_pass: int, label: str) -> tuple[dict, list, list]:
+    """`paths` maps a name to its list of calls (one per batch, the same batches for every
+    path). Calls are interleaved - batch i of every path, then batch i + 1 - the order
+    rotating from call to call, so a load that drifts within a round weighs on all paths
+    alike. Returns {path: [rows/s per round]}, the other processes' CPU share per round and
+    the per-call TTA / limit speed ratios."""
     names = list(paths)
     rates = {name: [] for name in names}
-    others = []
+    others, call_ratios = [], []
+    calls = len(paths[names[0]])
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        spent = dict.fromkeys(names, 0.0)
         with OtherWork() as work:
-            for name in order:
-                t = time.perf_counter()
-                paths[name]()
-                rates[name].append(rows_per_pass / (time.perf_counter() - t))
+            for i in range(calls):
+                shift = (r + i) % len(names)
+                took = {}
+                for name in names[shift:] + names[:shift]:
+                    t = time.perf_counter()
+                    paths[name][i]()
+                    took[name] = time.perf_counter() - t
+                    spent[name] += took[name]
+                call_ratios.append(took["limit"] / took["tta"])
+        for name in names:
+            rates[name].append(rows_per_pass / spent[name])
         others.append(work.share)
         print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names)
               + f" rows/s; other processes {work.share:.0%} of the CPUs", file=sys.stderr, flush=True)
-    return rates, others
+    return rates, others, call_ratios
 
 
 def throughput(which: str, args, tmp: Path) -> dict:
@@ -164,19 +176,24 @@ def throughput(which: str, args, tmp: Path) -> dict:
     def plain(x):
         return net(x, training=False)
 
-    paths = {"limit": lambda: [plain(x).numpy() for x in ready], "tta": lambda: model.predict_proba(X)}
+    # one call per batch: the TTA path's predict_proba on that batch does what predict_proba(X)
+    # does per batch, plus its input check (so the TTA figure is, if anything, pessimistic)
+    paths = {"limit": [lambda x=x: plain(x).numpy() for x in ready],
+             "tta": [lambda a=a, b=b: model.predict_proba(X[a:b]) for a, b in bounds]}
     if args.baseline:
         _, old = load_model(export, tmp / f"staged_{which}_{args.baseline}", args.views,
                             model_py_at(args.baseline, tmp))
-        paths[f"tta@{args.baseline}"] = lambda: old.predict_proba(X)
+        paths[f"tta@{args.baseline}"] = [lambda a=a, b=b: old.predict_proba(X[a:b]) for a, b in bounds]
     t = time.perf_counter()
-    for fn in paths.values():  # trace and warm every path before timing
-        fn()
+    for calls in paths.values():  # trace and warm every path (and every batch shape) before timing
+        for call in calls:
+            call()
     warm_s = time.perf_counter() - t
-    rates, others = time_paths(paths, args.rounds, args.images * args.views, which)
+    rates, others, call_ratios = time_paths(paths, args.rounds, args.images * args.views, which)
     paired = [t / l for t, l in zip(rates["tta"], rates["limit"])]
     return {"network": which, "backbone": model.members[0]["spec"]["backbone"], "load_s": load_s,
             "warm_s": warm_s, "rates": rates, "others": others, "paired": paired,
+            "call_ratio_median": statistics.median(call_ratios),
             "rows_per_call": [(b - a) * args.views for a, b in bounds],
             "tracings": model._forward.experimental_get_tracing_count()}
 
@@ -198,7 +215,7 @@ def table(results: list, args, load_before: float) -> str:
                         for p, v in r["rates"].items() if "@" in p)
         busy = max(r["others"]) > IDLE_OTHERS
         lines.append(f"{r['network']}: TTA / limit = {best:.1%} best of {args.rounds} (per round {min(r['paired']):.1%}"
-                     f"-{max(r['paired']):.1%}){extra}; rows per call {sorted(set(r['rows_per_call']))}, traced "
+                     f"-{max(r['paired']):.1%}; median of the per-call ratios {r['call_ratio_median']:.1%}){extra}; rows per call {sorted(set(r['rows_per_call']))}, traced "
                      f"{r['tracings']}x; Model() {r['load_s']:.1f} s, warm-up {r['warm_s']:.1f} s; other processes "
                      f"used {max(r['others']):.0%} of the CPUs at most in a round"
                      + (" -> CONTENDED" if busy else ""))
