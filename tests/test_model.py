@@ -247,6 +247,21 @@ def test_stacked_views_are_the_documented_views(shipped, images, n):
         np.testing.assert_allclose(got, _view_numpy(x.astype(np.float64), view, module.MAX_SHIFT), atol=1e-3)
 
 
+def test_compiled_views_change_no_label_on_real_images(shipped, pbc_path):
+    """The compiled gather against the views applied op by op (`_apply_view`, the definition),
+    both through the same network: the same labels on a fixed set of real PBC images."""
+    module = load_shipped(shipped)
+    with np.load(pbc_path) as f:
+        x = tf.constant(f["val_images"][:64].astype(np.float32))
+    plan = module.tta_plan(10)
+    net = module.Model().members[0]["network"]
+    one_by_one = tf.concat([module._apply_view(x, view) for view in plan], axis=0)
+    compiled = module._views_function(plan, 96)(x)
+    logits = [np.asarray(net(v, training=False)).reshape(len(plan), 64, -1).mean(axis=0) for v in (one_by_one, compiled)]
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-4)
+    assert (logits[1].argmax(axis=1) == logits[0].argmax(axis=1)).all()
+
+
 def test_view_plan_is_fixed_label_preserving_and_a_prefix(shipped):
     module = load_shipped(shipped)
     plan = module.tta_plan(10)
