@@ -217,9 +217,9 @@ def check_family(family: str, severity: int) -> None:
 
 def _seed(seed: int, i: int, *names) -> int:
     """An int seed for the library from (seed, i, names), via shift's per-image generator."""
-    from .shift import _rng
+    from .corruptions import image_rng
 
-    return int(_rng(seed, i, PROFILE, *names).integers(0, 2**32 - 1))
+    return int(image_rng(seed, i, PROFILE, *names).integers(0, 2**32 - 1))
 
 
 def run(img: np.ndarray, family: str, severity: int, seed: int) -> np.ndarray:
@@ -238,9 +238,9 @@ def run(img: np.ndarray, family: str, severity: int, seed: int) -> np.ndarray:
 
 def plan(i: int, seed: int = 0) -> list[tuple[str, int]]:
     """Image i's corruptions: [(family, severity), ...] in order, 1-3 distinct families."""
-    from .shift import _rng
+    from .corruptions import image_rng
 
-    rng = _rng(seed, i, "plan", PROFILE)
+    rng = image_rng(seed, i, "plan", PROFILE)
     count = int(rng.choice(OPS_PER_IMAGE))
     chosen = rng.choice(len(FAMILIES), size=count, replace=False)
     return [(FAMILIES[c], int(rng.integers(1, 6))) for c in chosen]
