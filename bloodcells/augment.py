@@ -8,8 +8,9 @@ and one tf.data pipeline carries all the epochs of a training phase; each epoch'
 batch re-seeds every generator from (run seed, epoch), in-graph, so an epoch's
 augmented stream is the same whether the run was interrupted or not.
 
-Independent of bloodcells/shift.py on purpose: training on the exact corruptions the
-shifted validation uses would make that validation meaningless.
+Independent of bloodcells.shift and bloodcells.corruptions on purpose: training on the
+exact corruptions the shifted validation uses would make that validation meaningless.
+The layers Keras lacks are in bloodcells.augment_layers.
 """
 
 from __future__ import annotations
