@@ -11,7 +11,7 @@ Each family has severities 1-5 (the strengths are the tables below, chosen by lo
 the preview grid and against a plain CNN's accuracy drop: bench/RESULTS.md). The profile
 `second_opinion` gives every image 1-3 families at random severities, as many as `server`
 gives, so the two differ in the corruption code only. Image i's result depends only on
-(seed, i): the plan comes from shift's per-image generator, and each step
+(seed, i): the plan comes from corruptions.image_rng (as shift's plans do), and each step
 re-seeds the library transform with a seed derived from (seed, i, step) before it runs.
 
 Never used for training or for choosing epochs or configs (bloodcells.train refuses it):
