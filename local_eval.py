@@ -32,9 +32,10 @@ from bloodcells import leaderboard as board
 from bloodcells import shift
 from bloodcells.cli import UserError, run_cli
 from bloodcells.data import load_dataset
+from bloodcells.eval_report import leaderboard_row, write_report
 from bloodcells.evaluate import (CACHE_DIR, DEFAULT_PROFILES, EVAL_DIR, EVAL_SEEDS, LEADERBOARD, SWEEP_IMAGES,
                                  cross_check, data_fingerprint, evaluate_profile, evaluate_sweep, held_out_split,
-                                 leaderboard_row, shift_code, write_report)
+                                 shift_code)
 from bloodcells.files import sha256_file
 from bloodcells.ingestion import DEFAULT_TIME_LIMIT, check_zip
 

@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bloodcells import clean as C  # noqa: E402
+from bloodcells import clean_report, embeddings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("BLOODCELLS_PBC", REPO.parent / "shared" / "data" / "pbc96_dev.npz"))
@@ -59,7 +60,7 @@ def build(path: Path, seed: int = 0):
     labs = np.concatenate([labs, labs[sources], rng.integers(0, 8, 1800)])
     # Real re-captures (the same cells photographed twice) are near-duplicates too: the
     # pairs of the real set, so extra finds in the mix can be accounted for.
-    real_pairs = {tuple(p) for p in C.near_duplicate_pairs(C.descriptor_embeddings(real))[0].tolist()}
+    real_pairs = {tuple(p) for p in C.near_duplicate_pairs(embeddings.descriptor_embeddings(real))[0].tolist()}
     order = rng.permutation(len(labs))
     where = np.argsort(order)  # old position -> new position
     planted = np.stack([where[sources], where[12000 + np.arange(200)]], axis=1)
@@ -90,11 +91,11 @@ def main():
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(args.report) if args.report else Path(tmp) / "report"
-        summary = C.summarize(result, labels, source="bench", input_sha256=None,
-                              settings={"group_threshold": C.DEFAULT_GROUP_THRESHOLD,
-                                        "near_threshold": C.DEFAULT_NEAR_THRESHOLD,
-                                        "contamination": C.DEFAULT_CONTAMINATION})
-        C.write_report(report, result, images, labels, summary)
+        summary = clean_report.summarize(result, labels, source="bench", input_sha256=None,
+                                         settings={"group_threshold": C.DEFAULT_GROUP_THRESHOLD,
+                                                   "near_threshold": C.DEFAULT_NEAR_THRESHOLD,
+                                                   "contamination": C.DEFAULT_CONTAMINATION})
+        clean_report.write_report(report, result, images, labels, summary)
         from bloodcells.files import save_npz_atomic
 
         save_npz_atomic(Path(tmp) / "clean.npz", compress=False, images=images[result.keep], labels=labels[result.keep])

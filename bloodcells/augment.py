@@ -8,8 +8,9 @@ and one tf.data pipeline carries all the epochs of a training phase; each epoch'
 batch re-seeds every generator from (run seed, epoch), in-graph, so an epoch's
 augmented stream is the same whether the run was interrupted or not.
 
-Independent of bloodcells/shift.py on purpose: training on the exact corruptions the
-shifted validation uses would make that validation meaningless.
+Independent of bloodcells.shift and bloodcells.corruptions on purpose: training on the
+exact corruptions the shifted validation uses would make that validation meaningless.
+The layers Keras lacks are in bloodcells.augment_layers.
 """
 
 from __future__ import annotations
@@ -96,207 +97,6 @@ def _seed(*parts) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] >> 1)
 
 
-# -- custom layers (augmentations with no Keras core layer) ------------------------------
-
-def _keras():
-    import keras
-    return keras
-
-
-def _custom_layers():
-    keras = _keras()
-    ops = keras.ops
-
-    class RandomRot90(keras.layers.Layer):
-        """Rotate each image by a random multiple of 90 degrees (square images)."""
-
-        def __init__(self, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images):
-            k = keras.random.randint((ops.shape(images)[0],), 0, 4, seed=self.generator)
-            k = ops.reshape(k, (-1, 1, 1, 1))
-            # k x 90 degrees as transpose (k odd), then flips of rows (k = 2, 3) and of
-            # columns (k = 1, 2): three passes over the batch instead of three rotated copies
-            x = ops.where(k % 2 == 1, ops.transpose(images, (0, 2, 1, 3)), images)
-            x = ops.where(k >= 2, ops.flip(x, axis=1), x)
-            return ops.where((k == 1) | (k == 2), ops.flip(x, axis=2), x)
-
-    class RandomGaussianNoise(keras.layers.Layer):
-        """Additive Gaussian noise, std drawn per image in [0, max_std] (0-255 scale)."""
-
-        def __init__(self, max_std=12.0, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.max_std = float(max_std)
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images):
-            n = ops.shape(images)[0]
-            std = keras.random.uniform((n, 1, 1, 1), 0.0, self.max_std, seed=self.generator)
-            noise = keras.random.normal(ops.shape(images), seed=self.generator)
-            return images + noise * std
-
-    class RandomStain(keras.layers.Layer):
-        """Stain jitter: scale and shift each channel's optical density
-        OD = -log((I+1)/256), the way stain concentration varies between slides."""
-
-        def __init__(self, strength=0.1, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.strength = float(strength)
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images):
-            n = ops.shape(images)[0]
-            s = self.strength
-            scale = keras.random.uniform((n, 1, 1, 3), 1.0 - s, 1.0 + s, seed=self.generator)
-            shift = keras.random.uniform((n, 1, 1, 3), -s / 2, s / 2, seed=self.generator)
-            od = -ops.log((ops.clip(images, 0.0, 255.0) + 1.0) / 256.0)
-            od = ops.maximum(od * scale + shift, 0.0)
-            return ops.exp(-od) * 256.0 - 1.0
-
-    class RandomGamma(keras.layers.Layer):
-        """Gamma jitter: I' = 255 (I/255)^g with log g uniform in [-r, r]."""
-
-        def __init__(self, log_range=0.3, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.log_range = float(log_range)
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images):
-            n = ops.shape(images)[0]
-            g = ops.exp(keras.random.uniform((n, 1, 1, 1), -self.log_range, self.log_range,
-                                             seed=self.generator))
-            return 255.0 * ops.power(ops.clip(images, 0.0, 255.0) / 255.0, g)
-
-    class RandomAffine(keras.layers.Layer):
-        """Rotation, zoom and translation as one affine warp (one resampling instead of
-        three; RandomRotation/RandomZoom/RandomTranslation each resample the image).
-        Factors as in those layers: rotation as a fraction of a full turn, zoom as a
-        relative scale change, translation as a fraction of the side."""
-
-        def __init__(self, rotation=0.0, zoom=0.0, translation=0.0, fill_mode="reflect", seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.rotation, self.zoom, self.translation = float(rotation), float(zoom), float(translation)
-            self.fill_mode = fill_mode
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images):
-            shape = ops.shape(images)
-            n, h, w = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
-            angle = keras.random.uniform((n,), -self.rotation, self.rotation, seed=self.generator) * 2 * np.pi
-            scale = keras.random.uniform((n,), 1.0 - self.zoom, 1.0 + self.zoom, seed=self.generator)
-            tx = keras.random.uniform((n,), -self.translation, self.translation, seed=self.generator) * w
-            ty = keras.random.uniform((n,), -self.translation, self.translation, seed=self.generator) * h
-            cos, sin = ops.cos(angle) / scale, ops.sin(angle) / scale
-            cx, cy = (w - 1) / 2, (h - 1) / 2
-            # output (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2)
-            a2 = cx - cos * cx + sin * cy - tx
-            b2 = cy - sin * cx - cos * cy - ty
-            zeros = ops.zeros_like(cos)
-            transform = ops.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
-            return ops.image.affine_transform(images, transform, interpolation="bilinear",
-                                              fill_mode=self.fill_mode)
-
-    class RandomChannelMix(keras.layers.Layer):
-        """Blend each image towards a random permutation of its channels, by a weight
-        drawn in [0, max_blend] (scanner/camera channel differences)."""
-
-        PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-
-        def __init__(self, max_blend=1.0, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.max_blend = float(max_blend)
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images):
-            n = ops.shape(images)[0]
-            which = keras.random.randint((n, 1, 1, 1), 0, len(self.PERMUTATIONS), seed=self.generator)
-            blend = keras.random.uniform((n, 1, 1, 1), 0.0, self.max_blend, seed=self.generator)
-            permuted = images
-            for k, perm in enumerate(self.PERMUTATIONS):
-                permuted = ops.where(which == k, ops.take(images, list(perm), axis=-1), permuted)
-            return (1.0 - blend) * images + blend * permuted
-
-    class WithProbability(keras.layers.Layer):
-        """Apply `layer` to each image independently with probability `probability()`
-        (a callable, read at every call: the Augmenter's ramped probability)."""
-
-        def __init__(self, layer, probability, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.layer = layer
-            self.probability = probability
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images):
-            import tensorflow as tf
-
-            pick = keras.random.uniform((ops.shape(images)[0],), seed=self.generator) < self.probability()
-            chosen = tf.where(pick)[:, 0]
-
-            # Only the chosen images go through the layer: at probability 0.1 that is a
-            # tenth of the work of transforming the batch and keeping a tenth.
-            def apply():
-                changed = tf.cast(self.layer(tf.gather(images, chosen), training=True), images.dtype)
-                return tf.tensor_scatter_nd_update(images, chosen[:, None], changed)
-
-            return tf.cond(tf.size(chosen) > 0, apply, lambda: images)
-
-    class LazyRandAugment(keras.layers.Layer):
-        """keras.layers.RandAugment, computing only the chosen operations: Keras' layer
-        draws every operation's parameters and the `num_ops` choices, then computes all
-        ~11 operations at every step and keeps one, which starves a CPU training loop.
-        This draws the same (with Keras' own `get_random_transformation`) and computes
-        only the chosen operation per step: the output equals Keras' for the same seed."""
-
-        def __init__(self, num_ops=2, factor=0.5, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.reference = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops,
-                                                      factor=factor, seed=seed)
-
-        def build(self, input_shape):
-            self.reference.build(input_shape)
-
-        def call(self, images):
-            import tensorflow as tf
-            reference = self.reference
-            transformation = reference.get_random_transformation(images, training=True)
-            chosen = tf.cast(transformation["layer_idxes"], tf.int32)
-            transforms = transformation["transforms"]  # ordered as reference._AUGMENT_LAYERS
-            for step in range(reference.num_ops):
-                # branches hold no random draws (those are above): a switch over branches
-                # with generator variables costs several ms even for untaken branches
-                branches = [(lambda name=name, x=images: tf.cast(getattr(reference, name).transform_images(
-                    x, transforms[name], training=True), tf.float32)) for name in transforms]
-                images = tf.switch_case(chosen[step], branches)
-            return images
-
-    class RandomJpeg(keras.layers.Layer):
-        """Re-encode each image as JPEG at a quality drawn in [low, high] (compression
-        blocks and ringing, as in images passed through web uploads and viewers)."""
-
-        def __init__(self, quality=(10, 70), seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.low, self.high = int(quality[0]), int(quality[1])
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images):
-            import tensorflow as tf
-            n = ops.shape(images)[0]
-            quality = keras.random.randint((n,), self.low, self.high + 1, seed=self.generator)
-            pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
-
-            def encode(args):
-                image, q = args
-                return tf.image.adjust_jpeg_quality(image, tf.cast(q, tf.int32))
-
-            out = tf.map_fn(encode, (pixels, quality), fn_output_signature=tf.uint8)
-            return tf.cast(tf.reshape(out, tf.shape(images)), tf.float32)
-
-    return (RandomRot90, RandomGaussianNoise, RandomStain, RandomGamma, WithProbability, LazyRandAugment,
-            RandomAffine, RandomChannelMix, RandomJpeg)
-
-
 class Augmenter:
     """The training augmentation, built (and traced) once: `augmenter(images,
     onehot_labels)` on a float32 batch in 0-255 returns the augmented (images, labels).
@@ -345,23 +145,26 @@ class Augmenter:
         return tf.minimum(1.0, float(self.options[name]) * self.scale)
 
     def _build(self):
-        keras = _keras()
+        import keras
+
+        from .augment_layers import (LazyRandAugment, RandomAffine, RandomChannelMix, RandomGamma,
+                                     RandomGaussianNoise, RandomJpeg, RandomRot90, RandomStain, WithProbability)
+
         L = keras.layers
-        Rot90, Noise, Stain, Gamma, WithProb, RandAug, Affine, ChannelMix, Jpeg = _custom_layers()
         o = self.options
         steps = []
 
         def add(make_layer, name):
             if float(o[name]) > 0:
-                steps.append(WithProb(make_layer(), lambda: self._p(name), seed=self._next_seed()))
+                steps.append(WithProbability(make_layer(), lambda: self._p(name), seed=self._next_seed()))
 
         if o["flip"]:
             steps.append(L.RandomFlip("horizontal_and_vertical", seed=self._next_seed()))
         if o["rot90"]:
-            steps.append(Rot90(seed=self._next_seed()))
+            steps.append(RandomRot90(seed=self._next_seed()))
         if o["rotation"] or o["translation"] or o["zoom"]:
-            add(lambda: Affine(o["rotation"], o["zoom"], o["translation"], fill_mode=o["fill_mode"],
-                               seed=self._next_seed()), "geometry_prob")
+            add(lambda: RandomAffine(o["rotation"], o["zoom"], o["translation"], fill_mode=o["fill_mode"],
+                                     seed=self._next_seed()), "geometry_prob")
         jitter = {k: o[k] for k in ("brightness", "contrast", "saturation", "hue") if o[k]}
         if jitter:
             args = {}
@@ -376,28 +179,29 @@ class Augmenter:
                 args["hue_factor"] = o["hue"]
             add(lambda: L.RandomColorJitter(value_range=(0, 255), seed=self._next_seed(), **args), "color_prob")
         if o["stain"]:
-            add(lambda: Stain(o["stain"], seed=self._next_seed()), "stain_prob")
+            add(lambda: RandomStain(o["stain"], seed=self._next_seed()), "stain_prob")
         if o["gamma"]:
-            add(lambda: Gamma(o["gamma"], seed=self._next_seed()), "gamma_prob")
+            add(lambda: RandomGamma(o["gamma"], seed=self._next_seed()), "gamma_prob")
         add(lambda: L.RandomGrayscale(factor=1.0, seed=self._next_seed()), "grayscale_prob")
-        add(lambda: ChannelMix(o["channel_mix"], seed=self._next_seed()), "channel_mix_prob")
-        add(lambda: RandAug(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
-                            seed=self._next_seed()), "randaugment_prob")
+        add(lambda: RandomChannelMix(o["channel_mix"], seed=self._next_seed()), "channel_mix_prob")
+        add(lambda: LazyRandAugment(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
+                                    seed=self._next_seed()), "randaugment_prob")
         add(lambda: L.AugMix(value_range=(0, 255), factor=float(o["augmix_severity"]), seed=self._next_seed()),
             "augmix_prob")
         add(lambda: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
                                          value_range=(0, 255), seed=self._next_seed()), "blur_prob")
-        add(lambda: Noise(o["noise_std"], seed=self._next_seed()), "noise_prob")
+        add(lambda: RandomGaussianNoise(o["noise_std"], seed=self._next_seed()), "noise_prob")
         add(lambda: L.Solarization(threshold_factor=tuple(o["solarize_threshold"]), value_range=(0, 255),
                                    seed=self._next_seed()), "solarize_prob")
-        add(lambda: Jpeg(tuple(o["jpeg_quality"]), seed=self._next_seed()), "jpeg_prob")
+        add(lambda: RandomJpeg(tuple(o["jpeg_quality"]), seed=self._next_seed()), "jpeg_prob")
         for _ in range(int(o["erasing_patches"])):
             add(lambda: L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
                                         seed=self._next_seed()), "erasing_prob")
         return steps
 
     def _build_mixing(self):
-        keras = _keras()
+        import keras
+
         o = self.options
         cutmix = mixup = None
         if o["cutmix_prob"] > 0:
@@ -414,12 +218,14 @@ class Augmenter:
         return self._clip(images)
 
     def _clip(self, images):
-        keras = _keras()
+        import keras
+
         return keras.ops.clip(keras.ops.cast(images, "float32"), 0.0, 255.0)
 
     def __call__(self, images, labels):
+        import keras
         import tensorflow as tf
-        keras = _keras()
+
         images = self.images_only(images)
         if self.cutmix is None and self.mixup is None:
             return images, labels
@@ -480,8 +286,8 @@ class TrainingStream:
     timing or on the epochs before.
 
     `epochs(plan)` runs many epochs through one tf.data pipeline: creating a pipeline
-    instantiates the augmentation graph (1.5-2 s on 2 cores), which per epoch would
-    cost more than the augmentation itself."""
+    instantiates the augmentation graph, which once per epoch would cost more than the
+    augmentation itself (bench/RESULTS.md)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, options: dict, *, seed: int = 0,
                  batch_size: int = 32, weights: np.ndarray | None = None, num_classes: int = NUM_CLASSES):

@@ -1,7 +1,8 @@
 """Local evaluation, as the competition server does it: a held-out set, shifted copies
 cached so every submission meets the same images, the zip run through ingestion,
 its predictions scored, figures and an HTML report, and a leaderboard row.
-`local_eval.py` is the command line over this module."""
+`local_eval.py` is the command line over this module; the HTML report and the
+leaderboard row are bloodcells.eval_report's."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import leaderboard as board
-from . import report, shift, stats
+from . import corruptions, report, shift, stats
 from .data import fingerprint
+from .eval_report import worst_families_text
 from .files import save_npz_atomic, sha256_file, write_json_atomic, write_text_atomic
 from .ingestion import run_submission
 from .scoring import family_severity_accuracy, score, write_scores
@@ -66,14 +67,15 @@ def data_fingerprint(images, labels) -> str:
 
 
 def shift_code() -> str:
-    """Hash of the shift code (shift.py, second_opinion.py) and of the library version the
-    second opinion runs on: recorded so scores made with different shift code can be told apart."""
+    """Hash of the shift code (shift.py, corruptions.py, second_opinion.py) and of the library
+    version the second opinion runs on: recorded so scores made with different shift code can
+    be told apart."""
     import hashlib
 
     from . import second_opinion
 
-    parts = [sha256_file(shift.__file__), sha256_file(second_opinion.__file__),
-             f"{second_opinion.LIBRARY}=={second_opinion.library_version()}"]
+    parts = [sha256_file(module.__file__) for module in (shift, corruptions, second_opinion)]
+    parts += [f"{second_opinion.LIBRARY}=={second_opinion.library_version()}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
@@ -196,9 +198,9 @@ def evaluate_profile(zip_path, data, profile, args, common) -> dict:
     all_plans = [p for name in names for p in plans[name]]
     if any(all_plans):
         table = family_severity_accuracy(correct.ravel(), all_plans)
-        metrics["families"] = {f: {"all": table[(f, None)]} | {s: table[(f, s)] for s in shift.SEVERITIES
+        metrics["families"] = {f: {"all": table[(f, None)]} | {s: table[(f, s)] for s in corruptions.SEVERITIES
                                                                if (f, s) in table}
-                               for f in shift.FAMILIES if (f, None) in table}
+                               for f in corruptions.FAMILIES if (f, None) in table}
         metrics["accuracy_by_ops"] = {str(k): v for k, v in sorted(_by_count(correct.ravel(), all_plans).items())}
     proba = result.probabilities.get(first)
     confidence = proba.max(axis=1) if proba is not None else None
@@ -256,7 +258,7 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
     for family, severity, shifted in shift.sweep(images, seed):
         sets[f"{family}_s{severity}"] = shifted
     limit = args.time_limit * len(sets)
-    print(f"sweep: {len(shift.FAMILIES)} families x 5 severities on {len(index)} images, seed {seed} "
+    print(f"sweep: {len(corruptions.FAMILIES)} families x 5 severities on {len(index)} images, seed {seed} "
           f"(time limit {args.time_limit:g} s per set)", flush=True)
     result = run_submission(zip_path, sets, limit, want_proba=False, python=args.python,
                             log_path=out / "ingestion.log", on_wait=_waiting("sweep ingestion"))
@@ -268,11 +270,11 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
         print(f"sweep: FAILED ({result.status}): {result.message}\n  log: {out / 'ingestion.log'}")
         return metrics
     accuracy = {name: float((p == labels).mean()) for name, p in result.predictions.items()}
-    table = {f: {s: (accuracy[f"{f}_s{s}"], len(index)) for s in shift.SEVERITIES} for f in shift.FAMILIES}
-    for f in shift.FAMILIES:
-        table[f]["all"] = (float(np.mean([accuracy[f"{f}_s{s}"] for s in shift.SEVERITIES])), len(index) * 5)
+    table = {f: {s: (accuracy[f"{f}_s{s}"], len(index)) for s in corruptions.SEVERITIES} for f in corruptions.FAMILIES}
+    for f in corruptions.FAMILIES:
+        table[f]["all"] = (float(np.mean([accuracy[f"{f}_s{s}"] for s in corruptions.SEVERITIES])), len(index) * 5)
     corrupted = np.stack([p for name, p in result.predictions.items() if name != "clean"])
-    worst = sorted(shift.FAMILIES, key=lambda f: table[f]["all"][0])[:3]
+    worst = sorted(corruptions.FAMILIES, key=lambda f: table[f]["all"][0])[:3]
     # The mean over every family x severity, its interval from resampling the subset's images.
     metrics.update({k: v for k, v in stats.score_intervals(labels, corrupted).items() if k in INTERVAL_KEYS})
     metrics.update({"clean_accuracy": accuracy["clean"],
@@ -287,20 +289,16 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
                                             "duration": (result.init_seconds or 0) + metrics["predict_seconds"]})
     write_json_atomic(out / "metrics.json", metrics)
     lines = ["family,severity,accuracy,n"] + [f"{f},{s},{table[f][s][0]:.4f},{len(index)}"
-                                              for f in shift.FAMILIES for s in shift.SEVERITIES]
+                                              for f in corruptions.FAMILIES for s in corruptions.SEVERITIES]
     write_text_atomic(out / "sweep.csv", "\n".join(lines) + "\n")
     report.save_family_accuracy(out / "families.png", table, reference=accuracy["clean"],
                                 title=f"Sweep: accuracy per family and severity ({len(index)} images each)")
     low, high = metrics["accuracy_ci"]
     print(f"sweep: mean accuracy over corruptions {100 * metrics['accuracy']:.1f} % [{100 * low:.1f}, "
           f"{100 * high:.1f}] (clean subset {100 * accuracy['clean']:.1f} %, {len(index)} images); "
-          f"worst families: {_worst_text(metrics)} "
+          f"worst families: {worst_families_text(metrics)} "
           f"-> {out / 'scores.json'}")
     return metrics
-
-
-def _worst_text(m: dict) -> str:
-    return ", ".join(f"{f} {100 * a:.1f} %" for f, a in m.get("worst_families", []))
 
 
 def _by_count(correct, plans) -> dict:
@@ -326,131 +324,6 @@ def _write_predictions(path, labels, names, origin, predictions, probabilities, 
 
 def _s(value) -> str:
     return "?" if value is None else f"{value:.1f} s"
-
-
-# -- report and leaderboard ---------------------------------------------------------------------
-
-def write_report(eval_dir: Path, zip_name: str, zip_sha: str) -> Path:
-    """report.html from every profile's metrics.json for this zip (also ones evaluated
-    in an earlier run, e.g. a sweep asked for later)."""
-    import json
-
-    summary, sections = [], []
-    for profile in shift.PROFILES:
-        path = eval_dir / profile / "metrics.json"
-        if not path.exists():
-            continue
-        m = json.loads(path.read_text())
-        if m.get("zip_sha256") != zip_sha:
-            continue
-        summary.append({"profile": profile, "status": m["status"], "images": m.get("n"),
-                        "shift seeds": " ".join(map(str, m.get("seeds") or [])) or m.get("seed", ""),
-                        "accuracy %": _pct(m.get("accuracy")), "accuracy 95 % CI": _ci(m, "accuracy"),
-                        "balanced acc. %": _pct(m.get("balanced_accuracy")),
-                        "balanced 95 % CI": _ci(m, "balanced_accuracy"),
-                        "macro-F1 %": _pct(m.get("macro_f1")), "macro-F1 95 % CI": _ci(m, "macro_f1"),
-                        "Model() s": m.get("init_seconds"),
-                        "predict s": m.get("predict_seconds"), "evaluated": m.get("time")})
-        section = {"heading": f"Profile: {profile}"}
-        if m["status"] != "ok":
-            section.update({"text": f"FAILED ({m['status']}): {m['message']}", "class": "failed",
-                            "pre": _tail(eval_dir / profile / "ingestion.log")})
-        else:
-            figures = [(f"{profile}/{name}", caption) for name, caption in (
-                ("confusion.png", "Confusion matrix: rows true, columns predicted"),
-                ("wrong.png", "Wrong guesses with true (t) and predicted (p) class, most confident first"),
-                ("confidence.png", "Predictions sorted by confidence, misclassified marked"),
-                ("families.png", "Accuracy per corruption family and severity"))
-                if (eval_dir / profile / name).exists()]
-            section["figures"] = figures
-            tables = []
-            if "per_class" in m:
-                caption = "Per class" + (" (first shift seed)" if len(m.get("sets") or {}) > 1 else "")
-                tables.append({"caption": caption, "rows": [
-                    {"class": name, "precision %": _pct(v["precision"]), "recall %": _pct(v["recall"]),
-                     "F1 %": _pct(v["f1"]), "support": v["support"]} for name, v in m["per_class"].items()]})
-            if len(m.get("sets") or {}) > 1 and "accuracy_spread" in m:
-                tables.append({"caption": "Per shift seed (the same images, independent draws of the shift)",
-                               "rows": [{"set": name, "seed": v["seed"], "accuracy %": _pct(v["accuracy"]),
-                                         "95 % interval (Wilson)": _ci(v, "accuracy"),
-                                         "balanced acc. %": _pct(v["balanced_accuracy"]),
-                                         "macro-F1 %": _pct(v["macro_f1"])} for name, v in m["sets"].items()]})
-            if "accuracy_by_ops" in m:
-                tables.append({"caption": "By number of corruptions per image", "rows": [
-                    {"corruptions": k, "accuracy %": _pct(v[0]), "images": v[1]}
-                    for k, v in m["accuracy_by_ops"].items()]})
-            if profile == "sweep" and "clean_accuracy" in m:
-                tables.append({"caption": "Sweep", "rows": [
-                    {"clean subset accuracy %": _pct(m["clean_accuracy"]),
-                     "mean accuracy over corruptions %": _pct(m["accuracy"]),
-                     "worst families": _worst_text(m)}]})
-            section["tables"] = tables
-        sections.append(section)
-    path = eval_dir / "report.html"
-    report.write_html_report(path, f"Local evaluation of {zip_name}", summary, sections,
-                             notes=[f"zip sha256 {zip_sha}", PROFILES_NOTE, INTERVALS_NOTE])
-    return path
-
-
-PROFILES_NOTE = (
-    "none = the test images as they are; server = each image gets 1-3 random corruptions, our model of "
-    "the competition's hidden test (it is not the server's shift: the evidence is indirect, see README); "
-    "sweep = every corruption family at every severity.")
-INTERVALS_NOTE = (
-    "Intervals are 95 %, over test images: Wilson for one set's accuracy, a percentile bootstrap over images "
-    "(scipy.stats.bootstrap, seeded) for the rest and for means over shift seeds. They cover sampling noise "
-    "of these images, not the difference between this shift and the server's.")
-
-
-def _ci(m: dict, key: str) -> str:
-    ci = m.get(f"{key}_ci")
-    return "" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}"
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _pct(value):
-    return None if value is None else round(100 * float(value), 2)
-
-
-def leaderboard_row(common, results: dict, run_seconds: float) -> dict:
-    """The zip's leaderboard row: per evaluated profile its scores with 95 % intervals
-    (columns named generically: acc_<profile>, acc_<profile>_lo, ...), the spread over
-    shift seeds, the sweep's worst families, the server-like family table."""
-    meta = common["meta"]
-    failed = [f"{p} {m['status']}" for p, m in results.items() if m["status"] != "ok"]
-    row = {"time": meta["time"], "zip": meta["zip"], "zip_sha256": meta["zip_sha256"],
-           "status": "failed: " + ", ".join(failed) if failed else "ok", "data": meta["data"],
-           "data_sha256": meta["data_sha256"][:16], "seed": " ".join(map(str, meta["seeds"])),
-           "shift_code": meta["shift_code"], "eval_dir": str(common["eval_dir"]), "run_seconds": round(run_seconds, 1)}
-    for profile, m in results.items():
-        ok = m["status"] == "ok"
-        for short, key in board.SCORE_KEYS.items():
-            if ok and key not in m:
-                continue
-            row[f"{short}_{profile}"] = m.get(key) if ok else ""
-            ci = m.get(f"{key}_ci") if ok else None
-            row[f"{short}_{profile}_lo"], row[f"{short}_{profile}_hi"] = ci if ci else ("", "")
-        row[f"n_{profile}"] = m.get("n") if ok else ""
-        if ok and m.get("seeds"):
-            row[f"seeds_{profile}"] = " ".join(map(str, m["seeds"]))
-            spread = m.get("accuracy_spread") or {}
-            row[f"acc_{profile}_min"], row[f"acc_{profile}_max"] = spread.get("min", ""), spread.get("max", "")
-        if profile != "sweep":
-            row[f"predict_seconds_{profile}"] = m.get("predict_seconds")
-        if m.get("init_seconds") is not None:
-            row["init_seconds"] = round(m["init_seconds"], 2)
-    if "sweep" in results and results["sweep"]["status"] == "ok":
-        row["sweep_worst"] = "; ".join(f"{f} {100 * a:.1f}" for f, a in results["sweep"]["worst_families"])
-    if "server" in results and results["server"]["status"] == "ok":
-        for family, cells in results["server"].get("families", {}).items():
-            row[f"{board.FAMILY_PREFIX}{family}"] = cells["all"][0]
-    return row
 
 
 def cross_check(results: dict) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from . import stats
 from .cli import UserError
 from .files import atomic_path
+from .report import cell_text, percent
 
 BASE_COLUMNS = ("time", "zip", "zip_sha256", "status", "data", "data_sha256", "seed", "shift_code",
                 "eval_dir", "init_seconds", "run_seconds", "server_score")
@@ -82,11 +83,8 @@ def _columns(rows) -> list[str]:
 
 
 def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.6g}"
-    return str(value)
+    """A CSV cell: floats to 6 significant digits."""
+    return cell_text(value, 6)
 
 
 @contextlib.contextmanager
@@ -229,7 +227,7 @@ def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -
                 cells.append(spread_text(row, p))
         if "sweep worst 3" in headers:
             cells.append(row.get("sweep_worst") or "")
-        cells.append(_pct(row.get("server_score")))
+        cells.append(_percent_text(row.get("server_score")))
         if best:
             local = _float(row.get(best[0]))
             if local is None:
@@ -269,9 +267,9 @@ def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -
     return out.getvalue()
 
 
-def _pct(value) -> str:
-    v = _float(value)
-    return "" if v is None else f"{100 * v:.1f}"
+def _percent_text(value) -> str:
+    v = percent(value, 1)
+    return "" if v is None else f"{v:.1f}"
 
 
 __all__ = ["BASE_COLUMNS", "SCORE_KEYS", "FAMILY_PREFIX", "read_rows", "write_rows", "record_evaluation",

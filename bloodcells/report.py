@@ -115,7 +115,7 @@ __all__ = ["CLASS_NAMES", "SHORT_NAMES", "save_image_grid", "save_class_bars",
 
 # -- clean ---------------------------------------------------------------------------------
 # Grids with hundreds of captioned tiles (fabricated groups, near-duplicate pairs, outliers):
-# drawn with PIL directly, ~50x faster than one matplotlib axes per tile.
+# drawn with PIL directly: one matplotlib axes per tile is far slower for hundreds of tiles.
 
 def save_tile_grid(path, images, captions=None, title: str | None = None, ncols: int = 10,
                    colors=None, max_images: int = 200, caption_height: int = 14) -> None:
@@ -277,7 +277,7 @@ def write_html_report(path, title: str, summary: list[dict], sections: list[dict
             return ""
         columns = list(dict.fromkeys(k for row in rows for k in row))
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_html_cell(row.get(c)))}</td>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell_text(row.get(c), 4))}</td>" for c in columns)
                        + "</tr>" for row in rows)
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         return f"<table>{cap}<tr>{head}</tr>{body}</table>"
@@ -307,12 +307,24 @@ def write_html_report(path, title: str, summary: list[dict], sections: list[dict
     write_text_atomic(path, "\n".join(parts))
 
 
-def _html_cell(value) -> str:
+def cell_text(value, digits: int) -> str:
+    """A table cell as text: '' for None, a float to `digits` significant digits, anything
+    else as str (the HTML report and the leaderboard CSV)."""
     if value is None:
         return ""
     if isinstance(value, (float, np.floating)):
-        return f"{float(value):.4g}"
+        return f"{float(value):.{digits}g}"
     return str(value)
 
 
-__all__ += ["save_wrong_guesses", "save_confidence_plot", "save_family_accuracy", "write_html_report"]
+def percent(value, decimals: int = 2):
+    """A fraction as a percentage rounded to `decimals`, None when there is no value or
+    it is not a number (e.g. an empty CSV cell)."""
+    try:
+        return round(100 * float(value), decimals)
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ += ["save_wrong_guesses", "save_confidence_plot", "save_family_accuracy", "write_html_report",
+            "cell_text", "percent"]

@@ -7,52 +7,51 @@ macro-F1 say whether a good accuracy hides a neglected class.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
+from sklearn import metrics
 
 from . import CLASS_NAMES, NUM_CLASSES
 from .files import write_json_atomic
 
 
 def confusion_matrix(labels, predictions, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Rows: true class, columns: predicted class; counts (int64)."""
-    labels = np.asarray(labels, dtype=np.int64)
-    predictions = np.asarray(predictions, dtype=np.int64)
-    return np.bincount(labels * num_classes + predictions,
-                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    """Rows: true class, columns: predicted class; counts (int64), every class a row and a
+    column whether or not it occurs."""
+    return metrics.confusion_matrix(np.asarray(labels, dtype=np.int64).ravel(),
+                                    np.asarray(predictions, dtype=np.int64).ravel(),
+                                    labels=np.arange(num_classes)).astype(np.int64)
 
 
 def score(labels, predictions, num_classes: int = NUM_CLASSES) -> dict:
     """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1 and the
-    confusion matrix. Averages are taken over the classes present in the labels or the
-    predictions (as scikit-learn does); an undefined precision or recall counts as 0."""
+    confusion matrix, by scikit-learn: balanced accuracy over the classes in the labels,
+    macro-F1 over the classes in the labels or the predictions, an undefined precision or
+    recall counting as 0."""
     labels = np.asarray(labels, dtype=np.int64).ravel()
     predictions = np.asarray(predictions, dtype=np.int64).ravel()
     if labels.shape != predictions.shape:
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     if len(labels) == 0:
         raise ValueError("nothing to score: 0 labels")
-    matrix = confusion_matrix(labels, predictions, num_classes)
-    true_positive = np.diag(matrix).astype(float)
-    support = matrix.sum(axis=1)  # true count per class
-    predicted = matrix.sum(axis=0)
-    precision = np.divide(true_positive, predicted, out=np.zeros(num_classes), where=predicted > 0)
-    recall = np.divide(true_positive, support, out=np.zeros(num_classes), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
-    present = (support > 0) | (predicted > 0)
-    in_labels = support > 0
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        labels, predictions, labels=np.arange(num_classes), zero_division=0)
+    with warnings.catch_warnings():
+        # a class predicted but absent from the labels is expected on small sets
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        balanced = metrics.balanced_accuracy_score(labels, predictions)
     names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [str(k) for k in range(num_classes)]
     return {
-        "accuracy": float(true_positive.sum() / len(labels)),
-        "balanced_accuracy": float(recall[in_labels].mean()),
-        "macro_f1": float(f1[present].mean()),
+        "accuracy": float(metrics.accuracy_score(labels, predictions)),
+        "balanced_accuracy": float(balanced),
+        "macro_f1": float(metrics.f1_score(labels, predictions, average="macro", zero_division=0)),
         "n": int(len(labels)),
         "per_class": {names[k]: {"precision": float(precision[k]), "recall": float(recall[k]),
                                  "f1": float(f1[k]), "support": int(support[k])}
                       for k in range(num_classes)},
-        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix": confusion_matrix(labels, predictions, num_classes).tolist(),
     }
 
 

@@ -11,7 +11,7 @@ Each family has severities 1-5 (the strengths are the tables below, chosen by lo
 the preview grid and against a plain CNN's accuracy drop: bench/RESULTS.md). The profile
 `second_opinion` gives every image 1-3 families at random severities, as many as `server`
 gives, so the two differ in the corruption code only. Image i's result depends only on
-(seed, i): the plan comes from shift's per-image generator, and each step
+(seed, i): the plan comes from corruptions.image_rng (as shift's plans do), and each step
 re-seeds the library transform with a seed derived from (seed, i, step) before it runs.
 
 Never used for training or for choosing epochs or configs (bloodcells.train refuses it):
@@ -217,9 +217,9 @@ def check_family(family: str, severity: int) -> None:
 
 def _seed(seed: int, i: int, *names) -> int:
     """An int seed for the library from (seed, i, names), via shift's per-image generator."""
-    from .shift import _rng
+    from .corruptions import image_rng
 
-    return int(_rng(seed, i, PROFILE, *names).integers(0, 2**32 - 1))
+    return int(image_rng(seed, i, PROFILE, *names).integers(0, 2**32 - 1))
 
 
 def run(img: np.ndarray, family: str, severity: int, seed: int) -> np.ndarray:
@@ -238,9 +238,9 @@ def run(img: np.ndarray, family: str, severity: int, seed: int) -> np.ndarray:
 
 def plan(i: int, seed: int = 0) -> list[tuple[str, int]]:
     """Image i's corruptions: [(family, severity), ...] in order, 1-3 distinct families."""
-    from .shift import _rng
+    from .corruptions import image_rng
 
-    rng = _rng(seed, i, "plan", PROFILE)
+    rng = image_rng(seed, i, "plan", PROFILE)
     count = int(rng.choice(OPS_PER_IMAGE))
     chosen = rng.choice(len(FAMILIES), size=count, replace=False)
     return [(FAMILIES[c], int(rng.integers(1, 6))) for c in chosen]

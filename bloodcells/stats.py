@@ -54,7 +54,9 @@ def _confusions(labels, predictions, num_classes):
 def class_metrics(labels, predictions, num_classes: int = NUM_CLASSES, axis: int = -1):
     """(accuracy, balanced accuracy, macro-F1) along `axis`, vectorised over the other axes,
     with scikit-learn's conventions (balanced accuracy over classes in the labels, macro-F1
-    over classes in the labels or the predictions, an undefined ratio counting as 0)."""
+    over classes in the labels or the predictions, an undefined ratio counting as 0).
+    Written out rather than called from sklearn.metrics because the bootstrap evaluates it
+    on every resample at once; scoring.score (sklearn) gives the point values people read."""
     labels, predictions = _moved((labels, predictions), axis)
     cm = _confusions(labels, predictions, num_classes).astype(float)
     tp = np.diagonal(cm, axis1=-2, axis2=-1)

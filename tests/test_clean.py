@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bloodcells import clean as C
+from bloodcells import embeddings
 from bloodcells.cli import UserError
 from bloodcells.files import sha256_file
 from conftest import snapshot
@@ -193,7 +194,7 @@ def test_near_duplicates_in_the_real_dev_file_are_the_known_recaptures(pbc_path)
     with np.load(pbc_path) as f:
         images = np.concatenate([f["train_images"], f["val_images"]])
         files = np.concatenate([f["train_files"], f["val_files"]])
-    pairs, sims = C.near_duplicate_pairs(C.descriptor_embeddings(images))
+    pairs, sims = C.near_duplicate_pairs(embeddings.descriptor_embeddings(images))
     found = {tuple(sorted((str(files[i]), str(files[j])))) for i, j in pairs}
     assert found == {tuple(sorted(p)) for p in KNOWN_REAL_PAIRS}
     assert (sims >= C.DEFAULT_NEAR_THRESHOLD).all()
@@ -404,8 +405,8 @@ def test_embedding_from_an_exported_model_and_a_backbone(tmp_path, monkeypatch):
     (folder / "model.json").write_text(json.dumps(spec))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (30, 96, 96, 3), dtype=np.uint8)
-    embedder = C.gap_embedder(str(folder))
-    feats = C.network_embeddings(images, embedder)
+    embedder = embeddings.gap_embedder(str(folder))
+    feats = embeddings.network_embeddings(images, embedder)
     assert feats.shape == (30, 8)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, rtol=1e-4)
     np.savez(tmp_path / "set.npz", images=images, labels=np.arange(30) % 8)
@@ -414,7 +415,7 @@ def test_embedding_from_an_exported_model_and_a_backbone(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "rep" / "summary.json").read_text())["settings"]["embedding"] == str(folder)
 
     # An ImageNet backbone: built untrained here (no network for the weight download)...
-    backbone = C.gap_embedder("mobilenetv2", backbone_weights=None)
+    backbone = embeddings.gap_embedder("mobilenetv2", backbone_weights=None)
     assert backbone(images[:2].astype(np.float32)).shape == (2, 1280)
 
     # ...and a failed download becomes one line naming the option.
@@ -423,5 +424,5 @@ def test_embedding_from_an_exported_model_and_a_backbone(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
     with pytest.raises(UserError, match=r"--embedding: mobilenetv2: could not load imagenet weights") as exc:
-        C.gap_embedder("mobilenetv2")
+        embeddings.gap_embedder("mobilenetv2")
     assert "\n" not in str(exc.value)

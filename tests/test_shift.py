@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from bloodcells import shift
+from bloodcells import corruptions, shift
 from bloodcells.data import load_dataset
 from tests.conftest import REPO, snapshot
 
@@ -60,8 +60,8 @@ def test_image_result_depends_only_on_seed_index_and_profile():
 def test_inputs_are_not_modified():
     before = IMAGES.copy()
     shift.apply_shift(IMAGES, "server", seed=0)
-    for family in shift.FAMILIES:
-        shift.corrupt(IMAGES[:2], family, 5, seed=0)
+    for family in corruptions.FAMILIES:
+        corruptions.corrupt(IMAGES[:2], family, 5, seed=0)
     assert np.array_equal(IMAGES, before)
 
 
@@ -73,25 +73,25 @@ def test_server_profile_gives_each_image_one_to_three_distinct_operations():
         assert len({family for family, _ in p}) == len(p)  # no family twice
         assert all(1 <= severity <= 5 for _, severity in p)
     used = {family for p in plans for family, _ in p}
-    assert used == set(shift.FAMILIES)
+    assert used == set(corruptions.FAMILIES)
     # Every shifted image differs from its clean self.
     out = shift.apply_shift(IMAGES, "server", seed=0)
     assert all(not np.array_equal(o, i) for o, i in zip(out, IMAGES))
 
 
 def test_sweep_profile_cycles_through_families_and_severities():
-    n = len(shift.FAMILIES) * 5
+    n = len(corruptions.FAMILIES) * 5
     seen = {tuple(shift.plan(i, "sweep", 0)[0]) for i in range(n)}
-    assert seen == {(f, s) for f in shift.FAMILIES for s in shift.SEVERITIES}
+    assert seen == {(f, s) for f in corruptions.FAMILIES for s in corruptions.SEVERITIES}
 
 
-@pytest.mark.parametrize("family", shift.FAMILIES)
+@pytest.mark.parametrize("family", corruptions.FAMILIES)
 def test_every_family_changes_images_at_every_severity(family):
-    for severity in shift.SEVERITIES:
-        out = shift.corrupt(IMAGES[:4], family, severity, seed=0)
+    for severity in corruptions.SEVERITIES:
+        out = corruptions.corrupt(IMAGES[:4], family, severity, seed=0)
         assert out.dtype == np.uint8 and out.shape == (4, 96, 96, 3)
         assert not np.array_equal(out, IMAGES[:4]), (family, severity)
-        assert np.array_equal(out, shift.corrupt(IMAGES[:4], family, severity, seed=0))
+        assert np.array_equal(out, corruptions.corrupt(IMAGES[:4], family, severity, seed=0))
 
 
 # Families whose damage grows with severity (flip has no "stronger"; geometry is a
@@ -102,25 +102,25 @@ GRADED = ("stain", "hue_saturation", "brightness", "contrast", "gamma", "noise",
 
 @pytest.mark.parametrize("family", GRADED)
 def test_damage_grows_with_severity(family):
-    damage = [np.abs(shift.corrupt(IMAGES, family, s, seed=2).astype(float) - IMAGES).mean()
-              for s in shift.SEVERITIES]
+    damage = [np.abs(corruptions.corrupt(IMAGES, family, s, seed=2).astype(float) - IMAGES).mean()
+              for s in corruptions.SEVERITIES]
     assert all(a < b for a, b in zip(damage, damage[1:])), (family, np.round(damage, 2))
 
 
 def test_sweep_yields_every_family_and_severity_once():
     seen = [(f, s) for f, s, out in shift.sweep(IMAGES[:2], seed=0) if out.shape == (2, 96, 96, 3)]
-    assert seen == [(f, s) for f in shift.FAMILIES for s in shift.SEVERITIES]
+    assert seen == [(f, s) for f in corruptions.FAMILIES for s in corruptions.SEVERITIES]
     some = list(shift.sweep(IMAGES[:2], seed=0, families=["blur"], severities=[2]))
-    assert len(some) == 1 and np.array_equal(some[0][2], shift.corrupt(IMAGES[:2], "blur", 2, 0))
+    assert len(some) == 1 and np.array_equal(some[0][2], corruptions.corrupt(IMAGES[:2], "blur", 2, 0))
 
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="profile"):
         shift.apply_shift(IMAGES, "wild")
     with pytest.raises(ValueError, match="family"):
-        shift.corrupt(IMAGES, "sepia", 1)
+        corruptions.corrupt(IMAGES, "sepia", 1)
     with pytest.raises(ValueError, match="severity"):
-        shift.corrupt(IMAGES, "blur", 6)
+        corruptions.corrupt(IMAGES, "blur", 6)
     with pytest.raises(ValueError, match="uint8"):
         shift.apply_shift(IMAGES.astype(np.float32))
 

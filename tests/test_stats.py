@@ -61,6 +61,19 @@ def test_class_metrics_equal_scikit_learn():
         assert macro_f1[r] == pytest.approx(sk.f1_score(labels[r], predictions[r], average="macro"))
 
 
+def test_class_metrics_by_hand_with_a_class_never_predicted_and_one_never_true():
+    # class 4 never predicted, class 6 predicted but never true; a second row all right
+    labels = np.array([[0, 0, 1, 4], [0, 0, 1, 4]])
+    predictions = np.array([[0, 1, 1, 6], [0, 0, 1, 4]])
+    accuracy, balanced, macro_f1 = stats.class_metrics(labels, predictions)
+    assert accuracy == pytest.approx([2 / 4, 1.0])
+    assert balanced == pytest.approx([(1 / 2 + 1 + 0) / 3, 1.0])  # recalls of classes 0, 1, 4
+    assert macro_f1 == pytest.approx([(2 / 3 + 2 / 3 + 0 + 0) / 4, 1.0])  # F1 of classes 0, 1, 4, 6
+    # the same along another axis
+    transposed = stats.class_metrics(labels.T, predictions.T, axis=0)
+    assert np.allclose(transposed, (accuracy, balanced, macro_f1))
+
+
 def test_mean_over_draws_and_its_interval():
     labels = np.arange(200) % 8
     draws = np.stack([labels, labels, labels])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bloodcells import IMAGE_SHAPE, NUM_CLASSES, synth
+from bloodcells import IMAGE_SHAPE, NUM_CLASSES, synth, synth_draw
 from bloodcells.data import load_dataset
 from conftest import REPO, snapshot
 
@@ -123,11 +123,11 @@ def _nucleus_blobs(img, min_area=25):
 
 def test_outliers_show_several_cells():
     rng = np.random.default_rng(0)
-    round_nuclei = [synth.ERYTHROBLAST, synth.LYMPHOCYTE]
-    singles = [_nucleus_blobs(synth.render_cell(c, rng)) for c in round_nuclei * 4]
-    multis = [_nucleus_blobs(synth.render_outlier(round_nuclei, rng)) for _ in range(8)]
+    round_nuclei = [synth_draw.ERYTHROBLAST, synth_draw.LYMPHOCYTE]
+    singles = [_nucleus_blobs(synth_draw.render_cell(c, rng)) for c in round_nuclei * 4]
+    multis = [_nucleus_blobs(synth_draw.render_outlier(round_nuclei, rng)) for _ in range(8)]
     assert np.median(singles) == 1 and np.median(multis) >= 2
-    assert synth.render_outlier([0, 3, 5], rng).shape == IMAGE_SHAPE
+    assert synth_draw.render_outlier([0, 3, 5], rng).shape == IMAGE_SHAPE
 
 
 def _largest_dark_region(img):
@@ -148,21 +148,21 @@ def _blue_pixels(img):
 
 def test_morphology_follows_the_classes():
     rng = np.random.default_rng(2)
-    images = {c: synth.render_cells([c] * 16, rng) for c in range(NUM_CLASSES)}
+    images = {c: synth_draw.render_cells([c] * 16, rng) for c in range(NUM_CLASSES)}
     median = lambda fn, c: np.median([fn(img) for img in images[c]])  # noqa: E731
     dark = {c: median(_largest_dark_region, c) for c in images}
     orange = {c: median(_orange_pixels, c) for c in images}
     blue = {c: median(_blue_pixels, c) for c in images}
-    others = [c for c in images if c != synth.PLATELET]
+    others = [c for c in images if c != synth_draw.PLATELET]
     # platelets: no white cell, only small fragments
-    assert dark[synth.PLATELET] < 0.4 * min(dark[c] for c in others)
+    assert dark[synth_draw.PLATELET] < 0.4 * min(dark[c] for c in others)
     # basophils: dense dark granules over the nucleus make the largest dark area
-    assert dark[synth.BASOPHIL] == max(dark.values())
+    assert dark[synth_draw.BASOPHIL] == max(dark.values())
     # eosinophils: orange-red granules, far more than any other class
-    assert orange[synth.EOSINOPHIL] > 3 * max(v for c, v in orange.items() if c != synth.EOSINOPHIL)
+    assert orange[synth_draw.EOSINOPHIL] > 3 * max(v for c, v in orange.items() if c != synth_draw.EOSINOPHIL)
     # blue cytoplasm: lymphocytes, monocytes, immature granulocytes, not granulocytes
-    for c in (synth.LYMPHOCYTE, synth.MONOCYTE, synth.IMMATURE_GRANULOCYTE):
-        assert blue[c] > 1.5 * max(blue[synth.NEUTROPHIL], blue[synth.EOSINOPHIL])
+    for c in (synth_draw.LYMPHOCYTE, synth_draw.MONOCYTE, synth_draw.IMMATURE_GRANULOCYTE):
+        assert blue[c] > 1.5 * max(blue[synth_draw.NEUTROPHIL], blue[synth_draw.EOSINOPHIL])
 
 
 # -- command line ---------------------------------------------------------------------------

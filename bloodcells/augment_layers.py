@@ -1,0 +1,201 @@
+"""The augmentation layers Keras does not have, and the wrappers the training stream needs.
+
+Each random layer owns one `keras.random.SeedGenerator` (`SeededLayer`): the Augmenter
+(bloodcells.augment) finds every generator's state and re-seeds it at each epoch, so an
+epoch's draws depend only on (run seed, epoch). Images are float32 in 0-255, batched.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+
+class SeededLayer(keras.layers.Layer):
+    """A layer with its own random generator, and per-image draws from it."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def per_image(self, images, low, high, channels: int = 1):
+        """One uniform draw in [low, high) per image (per channel when `channels` > 1),
+        shaped to broadcast over the batch (N, 1, 1, channels)."""
+        return keras.random.uniform((ops.shape(images)[0], 1, 1, channels), low, high, seed=self.generator)
+
+
+class RandomRot90(SeededLayer):
+    """Rotate each image by a random multiple of 90 degrees (square images)."""
+
+    def call(self, images):
+        k = keras.random.randint((ops.shape(images)[0],), 0, 4, seed=self.generator)
+        k = ops.reshape(k, (-1, 1, 1, 1))
+        # k x 90 degrees as transpose (k odd), then flips of rows (k = 2, 3) and of
+        # columns (k = 1, 2): three passes over the batch instead of three rotated copies
+        x = ops.where(k % 2 == 1, ops.transpose(images, (0, 2, 1, 3)), images)
+        x = ops.where(k >= 2, ops.flip(x, axis=1), x)
+        return ops.where((k == 1) | (k == 2), ops.flip(x, axis=2), x)
+
+
+class RandomGaussianNoise(SeededLayer):
+    """Additive Gaussian noise, std drawn per image in [0, max_std] (0-255 scale)."""
+
+    def __init__(self, max_std=12.0, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.max_std = float(max_std)
+
+    def call(self, images):
+        std = self.per_image(images, 0.0, self.max_std)
+        noise = keras.random.normal(ops.shape(images), seed=self.generator)
+        return images + noise * std
+
+
+class RandomStain(SeededLayer):
+    """Stain jitter: scale and shift each channel's optical density
+    OD = -log((I+1)/256), the way stain concentration varies between slides."""
+
+    def __init__(self, strength=0.1, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.strength = float(strength)
+
+    def call(self, images):
+        s = self.strength
+        scale = self.per_image(images, 1.0 - s, 1.0 + s, channels=3)
+        shift = self.per_image(images, -s / 2, s / 2, channels=3)
+        od = -ops.log((ops.clip(images, 0.0, 255.0) + 1.0) / 256.0)
+        od = ops.maximum(od * scale + shift, 0.0)
+        return ops.exp(-od) * 256.0 - 1.0
+
+
+class RandomGamma(SeededLayer):
+    """Gamma jitter: I' = 255 (I/255)^g with log g uniform in [-r, r]."""
+
+    def __init__(self, log_range=0.3, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.log_range = float(log_range)
+
+    def call(self, images):
+        g = ops.exp(self.per_image(images, -self.log_range, self.log_range))
+        return 255.0 * ops.power(ops.clip(images, 0.0, 255.0) / 255.0, g)
+
+
+class RandomAffine(SeededLayer):
+    """Rotation, zoom and translation as one affine warp (one resampling instead of
+    three; RandomRotation/RandomZoom/RandomTranslation each resample the image).
+    Factors as in those layers: rotation as a fraction of a full turn, zoom as a
+    relative scale change, translation as a fraction of the side."""
+
+    def __init__(self, rotation=0.0, zoom=0.0, translation=0.0, fill_mode="reflect", seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.rotation, self.zoom, self.translation = float(rotation), float(zoom), float(translation)
+        self.fill_mode = fill_mode
+
+    def call(self, images):
+        shape = ops.shape(images)
+        n, h, w = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
+        angle = keras.random.uniform((n,), -self.rotation, self.rotation, seed=self.generator) * 2 * np.pi
+        scale = keras.random.uniform((n,), 1.0 - self.zoom, 1.0 + self.zoom, seed=self.generator)
+        tx = keras.random.uniform((n,), -self.translation, self.translation, seed=self.generator) * w
+        ty = keras.random.uniform((n,), -self.translation, self.translation, seed=self.generator) * h
+        cos, sin = ops.cos(angle) / scale, ops.sin(angle) / scale
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        # output (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2)
+        a2 = cx - cos * cx + sin * cy - tx
+        b2 = cy - sin * cx - cos * cy - ty
+        zeros = ops.zeros_like(cos)
+        transform = ops.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+        return ops.image.affine_transform(images, transform, interpolation="bilinear",
+                                          fill_mode=self.fill_mode)
+
+
+class RandomChannelMix(SeededLayer):
+    """Blend each image towards a random permutation of its channels, by a weight
+    drawn in [0, max_blend] (scanner/camera channel differences)."""
+
+    PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+    def __init__(self, max_blend=1.0, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.max_blend = float(max_blend)
+
+    def call(self, images):
+        n = ops.shape(images)[0]
+        which = keras.random.randint((n, 1, 1, 1), 0, len(self.PERMUTATIONS), seed=self.generator)
+        blend = self.per_image(images, 0.0, self.max_blend)
+        permuted = images
+        for k, perm in enumerate(self.PERMUTATIONS):
+            permuted = ops.where(which == k, ops.take(images, list(perm), axis=-1), permuted)
+        return (1.0 - blend) * images + blend * permuted
+
+
+class RandomJpeg(SeededLayer):
+    """Re-encode each image as JPEG at a quality drawn in [low, high] (compression
+    blocks and ringing, as in images passed through web uploads and viewers)."""
+
+    def __init__(self, quality=(10, 70), seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.low, self.high = int(quality[0]), int(quality[1])
+
+    def call(self, images):
+        quality = keras.random.randint((ops.shape(images)[0],), self.low, self.high + 1, seed=self.generator)
+        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
+
+        def encode(args):
+            image, q = args
+            return tf.image.adjust_jpeg_quality(image, tf.cast(q, tf.int32))
+
+        out = tf.map_fn(encode, (pixels, quality), fn_output_signature=tf.uint8)
+        return tf.cast(tf.reshape(out, tf.shape(images)), tf.float32)
+
+
+class WithProbability(SeededLayer):
+    """Apply `layer` to each image independently with probability `probability()`
+    (a callable, read at every call: the Augmenter's ramped probability)."""
+
+    def __init__(self, layer, probability, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.layer = layer
+        self.probability = probability
+
+    def call(self, images):
+        pick = keras.random.uniform((ops.shape(images)[0],), seed=self.generator) < self.probability()
+        chosen = tf.where(pick)[:, 0]
+
+        # Only the chosen images go through the layer: at probability 0.1 that is a
+        # tenth of the work of transforming the batch and keeping a tenth.
+        def apply():
+            changed = tf.cast(self.layer(tf.gather(images, chosen), training=True), images.dtype)
+            return tf.tensor_scatter_nd_update(images, chosen[:, None], changed)
+
+        return tf.cond(tf.size(chosen) > 0, apply, lambda: images)
+
+
+class LazyRandAugment(keras.layers.Layer):
+    """keras.layers.RandAugment, computing only the chosen operations: Keras' layer
+    draws every operation's parameters and the `num_ops` choices, then computes every
+    operation at every step and keeps one, which starves a CPU training loop.
+    This draws the same (with Keras' own `get_random_transformation`) and computes
+    only the chosen operation per step: the output equals Keras' for the same seed."""
+
+    def __init__(self, num_ops=2, factor=0.5, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.reference = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops,
+                                                  factor=factor, seed=seed)
+
+    def build(self, input_shape):
+        self.reference.build(input_shape)
+
+    def call(self, images):
+        reference = self.reference
+        transformation = reference.get_random_transformation(images, training=True)
+        chosen = tf.cast(transformation["layer_idxes"], tf.int32)
+        transforms = transformation["transforms"]  # ordered as reference._AUGMENT_LAYERS
+        for step in range(reference.num_ops):
+            # branches hold no random draws (those are above): a switch over branches
+            # with generator variables costs time even for untaken branches
+            branches = [(lambda name=name, x=images: tf.cast(getattr(reference, name).transform_images(
+                x, transforms[name], training=True), tf.float32)) for name in transforms]
+            images = tf.switch_case(chosen[step], branches)
+        return images

@@ -1,0 +1,134 @@
+"""What a local evaluation leaves for people to read: `report.html` over every profile's
+metrics.json for a zip, and the zip's row for the local leaderboard (bloodcells.leaderboard).
+bloodcells.evaluate produces the metrics; `local_eval.py` calls both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import leaderboard as board
+from . import report, shift
+from .report import percent
+
+def worst_families_text(m: dict) -> str:
+    """The sweep's worst families as text, '<family> <accuracy> %, ...'."""
+    return ", ".join(f"{f} {100 * a:.1f} %" for f, a in m.get("worst_families", []))
+
+
+def write_report(eval_dir: Path, zip_name: str, zip_sha: str) -> Path:
+    """report.html from every profile's metrics.json for this zip (also ones evaluated
+    in an earlier run, e.g. a sweep asked for later)."""
+    import json
+
+    summary, sections = [], []
+    for profile in shift.PROFILES:
+        path = eval_dir / profile / "metrics.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        if m.get("zip_sha256") != zip_sha:
+            continue
+        summary.append({"profile": profile, "status": m["status"], "images": m.get("n"),
+                        "shift seeds": " ".join(map(str, m.get("seeds") or [])) or m.get("seed", ""),
+                        "accuracy %": percent(m.get("accuracy")), "accuracy 95 % CI": _ci(m, "accuracy"),
+                        "balanced acc. %": percent(m.get("balanced_accuracy")),
+                        "balanced 95 % CI": _ci(m, "balanced_accuracy"),
+                        "macro-F1 %": percent(m.get("macro_f1")), "macro-F1 95 % CI": _ci(m, "macro_f1"),
+                        "Model() s": m.get("init_seconds"),
+                        "predict s": m.get("predict_seconds"), "evaluated": m.get("time")})
+        section = {"heading": f"Profile: {profile}"}
+        if m["status"] != "ok":
+            section.update({"text": f"FAILED ({m['status']}): {m['message']}", "class": "failed",
+                            "pre": _tail(eval_dir / profile / "ingestion.log")})
+        else:
+            figures = [(f"{profile}/{name}", caption) for name, caption in (
+                ("confusion.png", "Confusion matrix: rows true, columns predicted"),
+                ("wrong.png", "Wrong guesses with true (t) and predicted (p) class, most confident first"),
+                ("confidence.png", "Predictions sorted by confidence, misclassified marked"),
+                ("families.png", "Accuracy per corruption family and severity"))
+                if (eval_dir / profile / name).exists()]
+            section["figures"] = figures
+            tables = []
+            if "per_class" in m:
+                caption = "Per class" + (" (first shift seed)" if len(m.get("sets") or {}) > 1 else "")
+                tables.append({"caption": caption, "rows": [
+                    {"class": name, "precision %": percent(v["precision"]), "recall %": percent(v["recall"]),
+                     "F1 %": percent(v["f1"]), "support": v["support"]} for name, v in m["per_class"].items()]})
+            if len(m.get("sets") or {}) > 1 and "accuracy_spread" in m:
+                tables.append({"caption": "Per shift seed (the same images, independent draws of the shift)",
+                               "rows": [{"set": name, "seed": v["seed"], "accuracy %": percent(v["accuracy"]),
+                                         "95 % interval (Wilson)": _ci(v, "accuracy"),
+                                         "balanced acc. %": percent(v["balanced_accuracy"]),
+                                         "macro-F1 %": percent(v["macro_f1"])} for name, v in m["sets"].items()]})
+            if "accuracy_by_ops" in m:
+                tables.append({"caption": "By number of corruptions per image", "rows": [
+                    {"corruptions": k, "accuracy %": percent(v[0]), "images": v[1]}
+                    for k, v in m["accuracy_by_ops"].items()]})
+            if profile == "sweep" and "clean_accuracy" in m:
+                tables.append({"caption": "Sweep", "rows": [
+                    {"clean subset accuracy %": percent(m["clean_accuracy"]),
+                     "mean accuracy over corruptions %": percent(m["accuracy"]),
+                     "worst families": worst_families_text(m)}]})
+            section["tables"] = tables
+        sections.append(section)
+    path = eval_dir / "report.html"
+    report.write_html_report(path, f"Local evaluation of {zip_name}", summary, sections,
+                             notes=[f"zip sha256 {zip_sha}", PROFILES_NOTE, INTERVALS_NOTE])
+    return path
+
+
+PROFILES_NOTE = (
+    "none = the test images as they are; server = each image gets 1-3 random corruptions, our model of "
+    "the competition's hidden test (it is not the server's shift: the evidence is indirect, see README); "
+    "sweep = every corruption family at every severity.")
+INTERVALS_NOTE = (
+    "Intervals are 95 %, over test images: Wilson for one set's accuracy, a percentile bootstrap over images "
+    "(scipy.stats.bootstrap, seeded) for the rest and for means over shift seeds. They cover sampling noise "
+    "of these images, not the difference between this shift and the server's.")
+
+
+def _ci(m: dict, key: str) -> str:
+    ci = m.get(f"{key}_ci")
+    return "" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}"
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def leaderboard_row(common, results: dict, run_seconds: float) -> dict:
+    """The zip's leaderboard row: per evaluated profile its scores with 95 % intervals
+    (columns named generically: acc_<profile>, acc_<profile>_lo, ...), the spread over
+    shift seeds, the sweep's worst families, the server-like family table."""
+    meta = common["meta"]
+    failed = [f"{p} {m['status']}" for p, m in results.items() if m["status"] != "ok"]
+    row = {"time": meta["time"], "zip": meta["zip"], "zip_sha256": meta["zip_sha256"],
+           "status": "failed: " + ", ".join(failed) if failed else "ok", "data": meta["data"],
+           "data_sha256": meta["data_sha256"][:16], "seed": " ".join(map(str, meta["seeds"])),
+           "shift_code": meta["shift_code"], "eval_dir": str(common["eval_dir"]), "run_seconds": round(run_seconds, 1)}
+    for profile, m in results.items():
+        ok = m["status"] == "ok"
+        for short, key in board.SCORE_KEYS.items():
+            if ok and key not in m:
+                continue
+            row[f"{short}_{profile}"] = m.get(key) if ok else ""
+            ci = m.get(f"{key}_ci") if ok else None
+            row[f"{short}_{profile}_lo"], row[f"{short}_{profile}_hi"] = ci if ci else ("", "")
+        row[f"n_{profile}"] = m.get("n") if ok else ""
+        if ok and m.get("seeds"):
+            row[f"seeds_{profile}"] = " ".join(map(str, m["seeds"]))
+            spread = m.get("accuracy_spread") or {}
+            row[f"acc_{profile}_min"], row[f"acc_{profile}_max"] = spread.get("min", ""), spread.get("max", "")
+        if profile != "sweep":
+            row[f"predict_seconds_{profile}"] = m.get("predict_seconds")
+        if m.get("init_seconds") is not None:
+            row["init_seconds"] = round(m["init_seconds"], 2)
+    if "sweep" in results and results["sweep"]["status"] == "ok":
+        row["sweep_worst"] = "; ".join(f"{f} {100 * a:.1f}" for f, a in results["sweep"]["worst_families"])
+    if "server" in results and results["server"]["status"] == "ok":
+        for family, cells in results["server"].get("families", {}).items():
+            row[f"{board.FAMILY_PREFIX}{family}"] = cells["all"][0]
+    return row
