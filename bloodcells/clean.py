@@ -269,7 +269,7 @@ def _parse(argv):
                         help="'descriptor' (default, no weights), an exported model folder, "
                              "or an ImageNet backbone name (e.g. efficientnetb0)")
     parser.add_argument("--compress", action="store_true",
-                        help="zip-compress the output npz (~25%% smaller, ~10x slower to write)")
+                        help="zip-compress the output npz (smaller, much slower to write)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
