@@ -135,7 +135,7 @@ server-check: $(INSTALLED) $(SERVER_VENV)/.installed
 # CI: an untrained tiny model's submission, validated with the server's versions (and parity with ours).
 server-check-tiny: $(INSTALLED) $(SERVER_VENV)/.installed
 	rm -rf build/ci_tiny
-	$(PY) -m bloodcells.submission --out build/ci_tiny/export
+	$(PY) -m bloodcells.untrained --out build/ci_tiny/export
 	$(PY) build_submission.py --weights build/ci_tiny/export --out build/ci_tiny --probe-images 16 --python $(SERVER_PY)
 
 # -- local evaluation like the server: clean and server-like shifted test, scores, figures,

@@ -5,7 +5,8 @@
         (members chosen by greedy forward selection on shifted selection accuracy; never the test split)
     python build_submission.py --check submission/submission_YYMMDD_HHMMSS.zip [--python .venv-server/bin/python]
 
-The zip's path is the last line printed. See bloodcells/submission.py.
+The zip's path is the last line printed. Building: bloodcells/submission.py; the checks:
+bloodcells/validation.py.
 """
 
 from bloodcells.submission import build_main

@@ -47,7 +47,7 @@ IDLE_OTHERS = 0.10  # share of all cores other processes may use during the time
 
 def export_network(which: str, folder: Path, widths=None) -> Path:
     """An untrained export of `which` (b7, cpu, tiny, or a backbone name)."""
-    from bloodcells.submission import TINY_BACKBONE, export_tiny, export_untrained
+    from bloodcells.untrained import TINY_BACKBONE, export_tiny, export_untrained
 
     if (folder / "model.json").is_file():
         return folder

@@ -61,7 +61,8 @@ def bench_size(cfg: dict, size: int, args, device: str | None) -> dict:
     import keras
 
     from bloodcells import augment, models, train
-    from bloodcells.submission import probe_images, stage
+    from bloodcells.submission import stage
+    from bloodcells.validation import probe_images
 
     model_cfg = dict(cfg["model"], resize_to=0 if size == 96 else size)
     t = dict(cfg["train"], batch_size=args.batch, mixed_precision=True, xla=True)

@@ -1,7 +1,7 @@
 """`build_submission.py --fit-budget`: a submission that fits its time limit by construction.
 
 Measures how fast this machine runs each ensemble member's network through the shipped
-`model.py` (staged with one TTA view, in a fresh process of the interpreter the validation
+`model.py` (staged with one TTA view, in the sandbox with the interpreter the validation
 uses, median of three timed calls), scales by `--speedup`, and chooses the number of TTA
 views so that
 
@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bloodcells import sandbox
 from bloodcells.cli import UserError
 
 DEFAULT_MARGIN = 0.25  # share of the limit kept free: timing noise, a slower server, the data loading
@@ -105,66 +106,49 @@ def plan_budget(rates: list, max_views: int, time_limit_s: float, test_images: i
                     f"minus {margin:.0%} margin); use a smaller backbone, or set --speedup for a faster server")
 
 
-# The measuring process: numpy and the submission's model.py only, so any interpreter
-# (e.g. the server-pinned .venv-server) runs it; the working directory is elsewhere.
-CHILD = r"""
-import json, os, sys, time
-sub, probe_path, out_path, passes = sys.argv[1:5]
+# The timing loop, run in the sandbox (bloodcells.sandbox): numpy and the submission's
+# model.py only, so any interpreter (e.g. the server-pinned .venv-server) runs it.
+JOB = r'''
 t = time.perf_counter()
-import numpy as np
-X = np.load(probe_path)
-sys.path.insert(0, sub)
+X = load_input("probe")
 from model import Model
-res = {"import_s": time.perf_counter() - t}
-t = time.perf_counter(); M = Model(); res["load_s"] = time.perf_counter() - t
-t = time.perf_counter(); M.predict(X); res["first_s"] = time.perf_counter() - t
-res["pass_s"] = []
-for _ in range(int(passes)):
-    t = time.perf_counter(); M.predict(X); res["pass_s"].append(time.perf_counter() - t)
-with open(out_path, "w") as fh:
-    json.dump(res, fh)
-"""
+status["import_s"] = time.perf_counter() - t
+t = time.perf_counter(); M = Model(); status["load_s"] = time.perf_counter() - t
+t = time.perf_counter(); M.predict(X); status["first_s"] = time.perf_counter() - t
+status["pass_s"] = []
+for _ in range(int(PARAMS["passes"])):
+    t = time.perf_counter(); M.predict(X); status["pass_s"].append(time.perf_counter() - t)
+'''
 
 
 def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int = 3,
             timeout_s: float = 1800.0) -> list:
-    """Each member alone, staged with one view, run through `model.py` in a fresh process:
+    """Each member alone, staged with one view, run through `model.py` in the sandbox:
     seconds per image-view from the median of `passes` timed calls, fixed costs from
     import, Model() and the first call (minus one pass)."""
-    import json
-    import os
     import statistics
-    import subprocess
-    import sys
-
-    import numpy as np
 
     from bloodcells.cli import Progress
     from bloodcells.models import read_export
-    from bloodcells.submission import probe_images, stage
+    from bloodcells.submission import stage
+    from bloodcells.validation import probe_images
 
     probe = probe_images(images, seed=7)
     progress = Progress(len(weights_dirs), "measuring each member's speed (one view)")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-    env.update(PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONNOUSERSITE="1")
     rates = []
     with tempfile.TemporaryDirectory(prefix="bloodcells_budget_") as tmp:
-        tmp = Path(tmp)
-        np.save(tmp / "probe.npy", probe)
-        (tmp / "child.py").write_text(CHILD)
         for i, src in enumerate(weights_dirs):
-            folder, out = tmp / f"member{i}", tmp / f"member{i}.json"
+            folder = Path(tmp) / f"member{i}"
             stage([src], folder, tta=1)
-            try:
-                proc = subprocess.run([os.path.abspath(python or sys.executable), str(tmp / "child.py"), str(folder),
-                                       str(tmp / "probe.npy"), str(out), str(passes)], cwd=tmp, env=env,
-                                      capture_output=True, text=True, timeout=timeout_s)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise UserError(f"--fit-budget: {src}: could not measure the model ({exc})") from None
-            if proc.returncode or not out.is_file():
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            run = sandbox.run(folder, JOB, {"probe": probe}, python=python, time_limit=timeout_s,
+                              params={"passes": passes})
+            if run.start_error or run.timed_out:
+                reason = run.start_error or f"timed out after {timeout_s:g} s"
+                raise UserError(f"--fit-budget: {src}: could not measure the model ({reason})")
+            if run.returncode or run.status.get("stage") != "done":
+                last = sandbox.last_line(run.status.get("traceback") or run.log) or "no output"
                 raise UserError(f"--fit-budget: {src}: the model did not run: {last}")
-            result = json.loads(out.read_text())
+            result = run.status
             one_pass = statistics.median(result["pass_s"])
             fixed = result["import_s"] + result["load_s"] + max(0.0, result["first_s"] - one_pass)
             rates.append(Rate(str(read_export(src)[0].get("name") or Path(src).name), Path(src), one_pass / images,
@@ -175,12 +159,12 @@ def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int
 
 def max_views_for(weights_dirs, tta=None, tta_mode=None) -> int:
     """The views the plan may not exceed: --tta, else the largest of the exports' own."""
-    from bloodcells.models import read_export
+    from bloodcells.models import TTA_DEFAULTS, read_export
 
     if tta is not None:
         return int(tta)
     specs = [read_export(w)[0] for w in weights_dirs]
-    views = max(int((s.get("tta") or {}).get("views", 10)) for s in specs)
+    views = max(int((s.get("tta") or {}).get("views", TTA_DEFAULTS["views"])) for s in specs)
     if (tta_mode or "") == "dihedral" or all((s.get("tta") or {}).get("mode") == "dihedral" for s in specs):
         views = min(views, 8)
     return views

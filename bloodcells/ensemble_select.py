@@ -6,7 +6,7 @@ as it would ship (its TTA, through model.py); then, starting from an empty ensem
 step adds the candidate - possibly one already in - whose addition gives the highest
 accuracy of the averaged probabilities, and selection stops when no addition improves
 it or every improving one would break the time or size limit the validator checks
-(bloodcells.submission.Limits). A member chosen k times ships k times: model.py
+(bloodcells.validation.Limits). A member chosen k times ships k times: model.py
 averages its members equally, so that is its weight, and it costs k times.
 
 The selection split must be one nothing is reported on: the held-out test (a MedMNIST

@@ -355,7 +355,7 @@ def export(model, spec: dict, out_dir) -> Path:
     against the training model (whose probabilities on the validator's probe images are
     stored in model.json as "reference"), then swapped into place, so a reader never sees
     a half-written or unfaithful export or a json without its weights."""
-    from .submission import probe_images
+    from .validation import probe_images
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import pytest
 from bloodcells import budget, submission
 from bloodcells.budget import Rate, plan_budget
 from bloodcells.cli import UserError
-from bloodcells.submission import export_tiny
+from bloodcells.untrained import export_tiny
 
 FAST = Rate("fast", Path("fast"), seconds_per_view=0.001, fixed_s=5.0)
 SLOW = Rate("slow", Path("slow"), seconds_per_view=0.010, fixed_s=20.0)

@@ -14,7 +14,8 @@ from bloodcells import data as data_mod
 from bloodcells import ensemble_select, shift, submission
 from bloodcells.cli import UserError
 from bloodcells.ensemble_select import Candidate, greedy_select
-from bloodcells.submission import Limits, export_tiny
+from bloodcells.untrained import export_tiny
+from bloodcells.validation import Limits
 from tests.test_shift import cell_images
 
 N = 100

@@ -13,7 +13,9 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
-from bloodcells.submission import export_tiny, probe_images, stage, write_half_weights
+from bloodcells.submission import stage, write_half_weights
+from bloodcells.untrained import export_tiny
+from bloodcells.validation import probe_images
 from tests.conftest import snapshot
 
 _count = itertools.count()

@@ -147,7 +147,7 @@ def test_export_is_loadable_by_model_py_and_replaces_atomically(tmp_path, monkey
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-5)
 
     # The training model's probabilities on the validator's probe images are stored.
-    from bloodcells.submission import probe_images
+    from bloodcells.validation import probe_images
     reference = np.asarray(saved["reference"]["probs"])
     assert reference.shape == (64, 8) and saved["reference"]["probe_images"] == 64
     np.testing.assert_allclose(reference, net.predict(probe_images(64).astype(np.float32), verbose=0), atol=1e-6)

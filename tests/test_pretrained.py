@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bloodcells import models, submission, train
+from bloodcells import models, submission, train, validation
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_PY = REPO / ".venv-server" / "bin" / "python"
@@ -39,7 +39,7 @@ def _train_one_step(backbone):
     # Random stand-in weights give huge logits, so probabilities saturate at 0/1 and hide
     # any difference; scale the last layer so the probe images' logits spread over ~2.
     logits = keras.Model(net.input, net.get_layer("logits").output).predict(
-        submission.probe_images(PROBE).astype(np.float32), verbose=0)
+        validation.probe_images(PROBE).astype(np.float32), verbose=0)
     layer = net.get_layer("logits")
     layer.set_weights([w * (2.0 / max(float(logits.std()), 1e-6)) for w in layer.get_weights()])
     return net, spec
@@ -49,7 +49,7 @@ def _train_one_step(backbone):
 def exports(imagenet_standin, tmp_path_factory):
     """backbone -> (export folder, the training model's probabilities on the probe images)."""
     root = tmp_path_factory.mktemp("pretrained_exports")
-    probe = submission.probe_images(PROBE)
+    probe = validation.probe_images(PROBE)
     out = {}
     for backbone in FAMILIES:
         net, spec = _train_one_step(backbone)
@@ -72,7 +72,7 @@ def test_pretrained_zip_computes_what_the_training_model_computes(backbone, expo
     folder, expected = exports[backbone]
     staged = tmp_path / "staged"
     submission.stage([folder], staged)
-    result, outputs, _ = submission.run_folder(staged, None, submission.probe_images(PROBE))
+    result, outputs, _ = validation.run_folder(staged, None, validation.probe_images(PROBE))
     assert "error" not in result, result.get("error")
     diff = float(np.abs(outputs["proba"] - expected).max())
     print(f"{backbone}: max |dp| zip vs training model = {diff:.3g}")
@@ -83,8 +83,8 @@ def test_pretrained_zip_computes_what_the_training_model_computes(backbone, expo
 def test_pretrained_ensemble_matches_the_training_models_under_the_server_versions(exports, tmp_path):
     zip_path = _zip([exports[b][0] for b in FAMILIES], tmp_path)
     # five full-size backbones: the competition's size and time limits are not what is tested here
-    limits = submission.Limits(probe_images=PROBE, max_size_mb=10_000, time_limit_s=1e9)
-    report = submission.validate(zip_path, str(SERVER_PY), limits, parity_python=sys.executable)
+    limits = validation.Limits(probe_images=PROBE, max_size_mb=10_000, time_limit_s=1e9)
+    report = validation.validate(zip_path, str(SERVER_PY), limits, parity_python=sys.executable)
     print(report.text())
     assert report.ok, report.text()
     expected = np.mean([exports[b][1] for b in FAMILIES], axis=0)
@@ -106,7 +106,7 @@ def test_a_weights_file_builds_exactly_what_imagenet_builds(exports, imagenet_st
     keras_net = models.keras_pretrained_backbone(spec, str(file))
     kinds = [type(layer).__name__ for layer in keras_net.layers]
     assert kinds[kinds.index("Normalization") + 1] == "Rescaling"
-    probe = submission.probe_images(PROBE).astype(np.float32)
+    probe = validation.probe_images(PROBE).astype(np.float32)
     nets = []
     for weights in ("imagenet", str(file)):
         keras.utils.set_random_seed(0)

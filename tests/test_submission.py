@@ -13,8 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from bloodcells import submission
-from bloodcells.submission import Limits, export_tiny, stage, validate, zip_folder
+from bloodcells import submission, validation
+from bloodcells.submission import stage, zip_folder
+from bloodcells.untrained import export_tiny
+from bloodcells.validation import Limits, validate
 from bloodcells.files import sha256_file
 from tests.conftest import snapshot
 
@@ -155,8 +157,8 @@ def test_static_problems_in_model_py(good_folder, tmp_path, line, check, detail,
 
 
 def test_repository_model_py_passes_the_static_checks():
-    report = submission.Report(Path("x"))
-    submission.check_code(submission.MODEL_PY.read_text(), report)
+    report = validation.Report(Path("x"))
+    validation.check_code(submission.MODEL_PY.read_text(), report)
     assert report.ok and len(report.checks) == 2
 
 
