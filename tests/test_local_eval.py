@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from bloodcells import shift, stats
+from bloodcells import corruptions, shift, stats
 from bloodcells.ingestion import run_submission, validate_predictions
 from bloodcells.scoring import codabench_scores, confusion_matrix, family_severity_accuracy, score
 from tests.conftest import REPO, snapshot
@@ -288,7 +288,7 @@ def test_sweep_profile_writes_a_family_by_severity_table(pixel_zip, test_set, tm
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "eval" / "pixel" / "sweep"
     lines = (folder / "sweep.csv").read_text().splitlines()
-    assert len(lines) == 1 + 5 * len(shift.FAMILIES)
+    assert len(lines) == 1 + 5 * len(corruptions.FAMILIES)
     by_set = json.loads((folder / "metrics.json").read_text())["sets"]
     # the pixel model reads pixel (0,0): a horizontal flip moves it, a posterize at 6 bits keeps it
     assert by_set["posterize_s1"] > by_set["flip_s1"]
