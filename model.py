@@ -39,6 +39,7 @@ SPEC_FORMAT = "bloodcells-model/2"
 LEGACY_FORMAT = "bloodcells-model/1"
 SPEC_FORMATS = (LEGACY_FORMAT, SPEC_FORMAT)
 NUM_CLASSES = 8
+DEFAULT_HEAD = {"dense_units": 128, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"}
 
 # ---------------------------------------------------------------------------------------
 # Network architecture: rebuilt from the JSON spec. Training builds the same network
@@ -178,7 +179,7 @@ def build_network(spec):
     mode = BACKBONES[name][1]
     size = int(spec.get("input_size", 96))
     resize_to = spec.get("resize_to")
-    head = spec.get("head", {})
+    head = dict(DEFAULT_HEAD, **spec.get("head", {}))
     options = spec.get("backbone_options", {})
 
     inputs = keras.Input((size, size, 3), name="image")  # pixels in 0-255
@@ -196,10 +197,10 @@ def build_network(spec):
     else:
         x = getattr(keras.applications, constructor)(weights=None, **kwargs)(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dense(int(head.get("dense_units", 128)), name="head_dense")(x)
-    x = keras.layers.BatchNormalization(momentum=head.get("bn_momentum", 0.9), name="head_bn")(x)
-    x = keras.layers.Activation(head.get("activation", "relu"), name="head_act")(x)
-    x = keras.layers.Dropout(float(head.get("dropout", 0.2)), name="head_dropout")(x)
+    x = keras.layers.Dense(int(head["dense_units"]), name="head_dense")(x)
+    x = keras.layers.BatchNormalization(momentum=head["bn_momentum"], name="head_bn")(x)
+    x = keras.layers.Activation(head["activation"], name="head_act")(x)
+    x = keras.layers.Dropout(float(head["dropout"]), name="head_dropout")(x)
     logits = keras.layers.Dense(int(spec.get("num_classes", NUM_CLASSES)), dtype="float32", name="logits")(x)
     probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
     return keras.Model(inputs, probs, name=spec.get("name", name))

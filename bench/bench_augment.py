@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from bloodcells import augment, models, train  # noqa: E402
+from bloodcells.config import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,10 +55,10 @@ def train_rate(cfg, images, labels, batch_size, steps):
     import keras
     import tensorflow as tf
 
-    spec = models.make_spec(cfg["model"])
+    spec = models.make_spec(cfg.model)
     net = models.build(spec, "none")
     models.unfreeze_top(net, "all", freeze_batchnorm=False)
-    net.compile(optimizer=train.make_optimizer(cfg["train"], 1e-3), loss=train.make_loss(cfg["train"]),
+    net.compile(optimizer=train.make_optimizer(cfg.train, 1e-3), loss=train.make_loss(cfg.train),
                 metrics=["accuracy"])
     x = images[:batch_size].astype(np.float32)
     y = np.eye(8, dtype=np.float32)[labels[:batch_size]]
@@ -76,9 +77,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the stream to time")
     parser.add_argument("--steps", type=int, default=40, help="training steps to time")
     args = parser.parse_args()
-    cfg = train.load_config(args.config)
-    batch = int(cfg["train"]["batch_size"])
-    options = dict(cfg["augment"])
+    cfg = load_config(args.config)
+    batch = cfg.train.batch_size
+    options = dict(cfg.augment)
     options.update(ramp_epochs=0, cutmix_prob=max(options["cutmix_prob"], 0.5),
                    mixup_prob=max(options["mixup_prob"], 0.5))
     images, labels, source = images_for_bench(args.images)
@@ -90,7 +91,7 @@ def main() -> int:
     aug = stream_rate(images, labels, options, batch, args.epochs)
     print(f"augmentation stream: {aug:.0f} images/s (one batch at a time, reproducible)", flush=True)
     fit = train_rate(cfg, images, labels, batch, args.steps)
-    print(f"training ({cfg['model']['backbone']}): {fit:.0f} images/s")
+    print(f"training ({cfg.model.backbone}): {fit:.0f} images/s")
     print(f"ratio: {aug / fit:.1f}x (target >= 3x)")
     return 0
 

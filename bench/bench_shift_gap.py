@@ -89,14 +89,14 @@ def quick_train(name: str, augment: bool, epochs: int, data: Path, seed: int = 0
 
     from bloodcells.data import load_dataset
     from bloodcells.files import write_json_atomic
-    from model import build_network
+    from model import DEFAULT_HEAD, build_network
 
     keras.utils.set_random_seed(seed)
     train = load_dataset(data, "train", notify=None)
     val = load_dataset(data, "val", notify=None)
     spec = {"format": "bloodcells-model/1", "name": name, "weights_file": "model.weights.h5",
             "backbone": "small_cnn", "backbone_options": {"widths": list(widths)}, "input_size": 96, "resize_to": None,
-            "num_classes": 8, "head": {"dense_units": 128, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"},
+            "num_classes": 8, "head": dict(DEFAULT_HEAD),
             "tta": {"views": 1, "merge": "mean_probs", "mode": "dihedral"},
             "class_names": [], "source_run": "bench_shift_gap quick", "keras_version": keras.__version__}
     net = build_network(spec)

@@ -18,6 +18,7 @@ code on a CPU with a tiny network (a check of the script, not a benchmark).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -57,23 +58,25 @@ def reset_memory(device: str | None) -> None:
         tf.config.experimental.reset_memory_stats(device)
 
 
-def bench_size(cfg: dict, size: int, args, device: str | None) -> dict:
+def bench_size(cfg, size: int, args, device: str | None) -> dict:
     import keras
 
     from bloodcells import augment, models, train
+    from bloodcells.distribute import make_strategy, precision_policy
+    from bloodcells.epochs import epoch_batches
     from bloodcells.submission import stage
     from bloodcells.validation import probe_images
 
-    model_cfg = dict(cfg["model"], resize_to=0 if size == 96 else size)
-    t = dict(cfg["train"], batch_size=args.batch, mixed_precision=True, xla=True)
-    strategy = train.make_strategy(t)
-    keras.mixed_precision.set_global_policy(train.precision_policy(t, strategy))
+    model_cfg = dataclasses.replace(cfg.model, resize_to=0 if size == 96 else size)
+    t = dataclasses.replace(cfg.train, batch_size=args.batch, mixed_precision=True, xla=True)
+    strategy = make_strategy(t.strategy, t.tpu)
+    keras.mixed_precision.set_global_policy(precision_policy(t.mixed_precision, strategy))
     keras.utils.set_random_seed(0)
     spec = models.make_spec(model_cfg, name=f"smoke_{size}")
     reset_memory(device)
     started = time.perf_counter()
     with strategy.scope():
-        net = models.build(spec, model_cfg["weights"])
+        net = models.build(spec, model_cfg.weights)
         models.unfreeze_top(net, "all", freeze_batchnorm=True)
         net.compile(optimizer=train.make_optimizer(t, 1e-4), loss=train.make_loss(t), metrics=["accuracy"],
                     jit_compile=True)
@@ -82,14 +85,14 @@ def bench_size(cfg: dict, size: int, args, device: str | None) -> dict:
     n = args.batch * (WARMUP_STEPS + args.train_steps)
     images = probe_images(min(n, 256), seed=0)[rng.integers(0, min(n, 256), n)]
     labels = rng.integers(0, 8, n)
-    with train.float32_policy():
-        stream = augment.TrainingStream(images, labels, cfg["augment"], seed=0, batch_size=args.batch)
+    with models.float32_policy():
+        stream = augment.TrainingStream(images, labels, cfg.augment, seed=0, batch_size=args.batch)
     batches = iter(stream.epochs([0]))
-    warm = train.Trainer.epoch_batches(batches, WARMUP_STEPS)
+    warm = epoch_batches(batches, WARMUP_STEPS)
     with strategy.scope():
         net.fit(warm, epochs=1, verbose=0, shuffle=False)
     compile_s = time.perf_counter() - started
-    timed = train.Trainer.epoch_batches(batches, args.train_steps)
+    timed = epoch_batches(batches, args.train_steps)
     started = time.perf_counter()
     with strategy.scope():
         net.fit(timed, epochs=1, verbose=0, shuffle=False)
@@ -138,15 +141,15 @@ def main(argv=None) -> int:
         tf.config.experimental.set_memory_growth(gpu, True)  # peak memory means what the run needed
     device = "GPU:0" if gpus else None
 
-    from bloodcells import train
+    from bloodcells.config import load_config
 
-    cfg = train.load_config(args.config)
+    cfg = load_config(args.config)
     if args.backbone:
-        cfg["model"]["backbone"] = args.backbone
-        cfg["model"]["backbone_options"] = {"widths": [8, 16]} if args.backbone == "small_cnn" else {}
-    backbone = cfg["model"]["backbone"]
+        cfg.model.backbone = args.backbone
+        cfg.model.backbone_options = {"widths": [8, 16]} if args.backbone == "small_cnn" else {}
+    backbone = cfg.model.backbone
     cached = cached_imagenet(backbone) if backbone != "small_cnn" else None
-    cfg["model"]["weights"] = "imagenet" if cached else "none"
+    cfg.model.weights = "imagenet" if cached else "none"
     name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "CPU"
     print(f"device: {name} x{len(gpus) or 1}; TensorFlow {tf.__version__}")
     print(f"backbone: {backbone}, weights: " + (f"imagenet ({cached})" if cached else

@@ -1,9 +1,7 @@
 """bloodcells: clean a contaminated blood-cell training set, train a shift-robust
 classifier, and ship a competition submission that is checked before upload.
 
-One job per module: data (load and validate), synth (demo data), clean, augment,
-models, train, shift (test-time corruptions), report (figures), leaderboard, stats
-(intervals, paired tests, server-score fit), compare (two evaluations on the same images).
+One job per module, in the order a training set goes through them: ARCHITECTURE.md.
 """
 
 CLASS_NAMES = (

@@ -159,12 +159,12 @@ def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int
 
 def max_views_for(weights_dirs, tta=None, tta_mode=None) -> int:
     """The views the plan may not exceed: --tta, else the largest of the exports' own."""
-    from bloodcells.models import TTA_DEFAULTS, read_export
+    from bloodcells.models import read_export, shipped_model_module
 
     if tta is not None:
         return int(tta)
     specs = [read_export(w)[0] for w in weights_dirs]
-    views = max(int((s.get("tta") or {}).get("views", TTA_DEFAULTS["views"])) for s in specs)
+    views = max(int((s.get("tta") or {}).get("views", shipped_model_module().DEFAULT_TTA["views"])) for s in specs)
     if (tta_mode or "") == "dihedral" or all((s.get("tta") or {}).get("mode") == "dihedral" for s in specs):
         views = min(views, 8)
     return views

@@ -24,7 +24,7 @@ import numpy as np
 from bloodcells.budget import DEFAULT_MARGIN
 from bloodcells.cli import UserError, run_cli
 from bloodcells.files import atomic_path, sha256_file
-from bloodcells.models import TTA_DEFAULTS, read_export
+from bloodcells.models import read_export, shipped_model_module
 from bloodcells.validation import MANIFEST_NAME, Limits, Report, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def stage(weights_dirs, folder, tta=None, tta_mode=None, tta_merge=None, half=Fa
         spec, weights = read_export(src)
         name = _member_name(spec, taken)
         spec = dict(spec, weights_file=f"{name}.weights.h5")
-        tta_spec = dict(spec.get("tta") or TTA_DEFAULTS)
+        tta_spec = dict(spec.get("tta") or shipped_model_module().DEFAULT_TTA)
         for key, value in (("views", tta), ("mode", tta_mode), ("merge", tta_merge)):
             if value is not None:
                 tta_spec[key] = value

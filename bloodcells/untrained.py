@@ -48,7 +48,7 @@ def export_tiny(folder, seed: int = 0, **overrides) -> Path:
     # the CPU recipe's layers in miniature (residual blocks, subsampling shortcut, input
     # standardisation), so server checks exercise what configs/cpu.toml ships
     overrides.setdefault("backbone_options", dict(TINY_BACKBONE, widths=[8, 16]))
-    overrides.setdefault("head", {"dense_units": 16, "dropout": 0.2, "bn_momentum": 0.9, "activation": "relu"})
+    overrides.setdefault("head", dict(shipped_model_module().DEFAULT_HEAD, dense_units=16))
     return export_untrained(folder, seed=seed, **overrides)
 
 

@@ -36,11 +36,11 @@ RAW_CONFIG = {
 
 
 def config(**train_changes):
-    from bloodcells import train
+    from bloodcells.config import resolve_config
 
     raw = json.loads(json.dumps(RAW_CONFIG))
     raw["train"].update(train_changes)
-    return train.resolve_config(raw, "tests/distributed_job.py")
+    return resolve_config(raw, "tests/distributed_job.py")
 
 
 def write_data(path) -> None:
@@ -96,7 +96,7 @@ def main(argv) -> None:
     elif mode == "precision":
         data, out = argv[1], Path(argv[2])
         cfg = config(mixed_precision=True, xla=True)
-        cfg["phase2"]["lr"] = 1e-2
+        cfg.phase2.lr = 1e-2
         trainer = train.Trainer(cfg, data, out / "run", out / "export")
         trainer.run()
         # the training model (best epoch's weights, float16 compute) in inference

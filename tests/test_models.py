@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bloodcells import models
+from bloodcells import models, pretrained
 from bloodcells.cli import UserError
 
 TINY = {"backbone": "small_cnn", "backbone_options": {"widths": [4, 8], "residual": True, "stem_stride": 2},
@@ -76,20 +76,20 @@ def test_every_backbone_name_maps_to_a_keras_application():
 
 def test_backbone_weights_options(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "before"))
-    assert models.resolve_backbone_weights("none", "mobilenetv2") is None
-    assert models.resolve_backbone_weights(None, "mobilenetv2") is None
+    assert pretrained.resolve_backbone_weights("none", "mobilenetv2") is None
+    assert pretrained.resolve_backbone_weights(None, "mobilenetv2") is None
     # imagenet is passed to keras.applications (its download-and-cache code); the cache
     # folder is set, nothing is downloaded here.
-    assert models.resolve_backbone_weights("imagenet", "mobilenetv2", tmp_path / "cache") == "imagenet"
+    assert pretrained.resolve_backbone_weights("imagenet", "mobilenetv2", tmp_path / "cache") == "imagenet"
     from keras.src.backend import config as keras_config
     assert Path(keras_config.keras_home()) == (tmp_path / "cache").resolve()
     weights_file = tmp_path / "backbone.h5"
     weights_file.write_bytes(b"x")
-    assert models.resolve_backbone_weights(str(weights_file), "resnet50") == str(weights_file)
+    assert pretrained.resolve_backbone_weights(str(weights_file), "resnet50") == str(weights_file)
     with pytest.raises(UserError, match="model.weights"):
-        models.resolve_backbone_weights(str(tmp_path / "missing.h5"), "resnet50")
+        pretrained.resolve_backbone_weights(str(tmp_path / "missing.h5"), "resnet50")
     with pytest.raises(UserError, match="small_cnn"):
-        models.resolve_backbone_weights("imagenet", "small_cnn")
+        pretrained.resolve_backbone_weights("imagenet", "small_cnn")
 
 
 def test_backbone_weights_from_a_file_are_loaded(tmp_path):
@@ -169,15 +169,16 @@ def test_export_is_loadable_by_model_py_and_replaces_atomically(tmp_path, monkey
 def test_b7_reference_config_builds_and_trains_one_step():
     """The real B7 recipe (weights none here): builds, freezes, and takes one step."""
     from bloodcells import train
+    from bloodcells.config import load_config
 
-    cfg = train.load_config(Path(__file__).resolve().parents[1] / "configs" / "b7_reference.toml")
-    assert cfg["model"]["backbone"] == "efficientnetb7" and cfg["model"]["weights"] == "imagenet"
-    spec = models.make_spec(cfg["model"], name=cfg["name"])
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "b7_reference.toml")
+    assert cfg.model.backbone == "efficientnetb7" and cfg.model.weights == "imagenet"
+    spec = models.make_spec(cfg.model, name=cfg.name)
     net = models.build(spec, "none")
     assert net.count_params() > 60e6
     models.freeze_backbone(net)
-    net.compile(optimizer=train.make_optimizer(cfg["train"], cfg["phase1"]["lr"]),
-                loss=train.make_loss(cfg["train"]))
+    net.compile(optimizer=train.make_optimizer(cfg.train, cfg.phase1.lr),
+                loss=train.make_loss(cfg.train))
     y = np.eye(8, dtype=np.float32)[[0, 1]]
     before = net.get_layer("logits").get_weights()[0].copy()
     history = net.fit(_images(2), y, batch_size=2, epochs=1, verbose=0)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bloodcells import models, submission, train, validation
+from bloodcells import models, pretrained, submission, train, validation
+from bloodcells.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_PY = REPO / ".venv-server" / "bin" / "python"
@@ -26,13 +27,13 @@ def _train_one_step(backbone):
     weights, everything but BatchNorm unfrozen, compile, one batch."""
     model_cfg = {"backbone": backbone, "weights": "imagenet", "resize_to": 64,
                  "head": {"dense_units": 16}, "tta": {"views": 1}}
-    cfg = train.resolve_config({"model": model_cfg, "train": {"optimizer": "adam"}})
-    spec = models.make_spec(cfg["model"], name=backbone.replace("_", ""))
+    cfg = resolve_config({"model": model_cfg, "train": {"optimizer": "adam"}})
+    spec = models.make_spec(cfg.model, name=backbone.replace("_", ""))
     import keras
     keras.utils.set_random_seed(0)
-    net = models.build(spec, cfg["model"]["weights"])
+    net = models.build(spec, cfg.model.weights)
     models.unfreeze_top(net, "all", freeze_batchnorm=True)
-    net.compile(optimizer=train.make_optimizer(cfg["train"], 1e-3), loss=train.make_loss(cfg["train"]))
+    net.compile(optimizer=train.make_optimizer(cfg.train, 1e-3), loss=train.make_loss(cfg.train))
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (4, 96, 96, 3)).astype(np.float32)
     net.fit(x, np.eye(8, dtype=np.float32)[[0, 3, 5, 7]], batch_size=4, epochs=1, verbose=0)
@@ -103,7 +104,7 @@ def test_a_weights_file_builds_exactly_what_imagenet_builds(exports, imagenet_st
     spec = models.make_spec({"backbone": "efficientnetb0", "weights": str(file), "resize_to": 64,
                              "head": {"dense_units": 16}})
     assert spec["pretrained"] == "file:efficientnetb0_notop.h5"
-    keras_net = models.keras_pretrained_backbone(spec, str(file))
+    keras_net = pretrained.keras_pretrained_backbone(spec, str(file))
     kinds = [type(layer).__name__ for layer in keras_net.layers]
     assert kinds[kinds.index("Normalization") + 1] == "Rescaling"
     probe = validation.probe_images(PROBE).astype(np.float32)

@@ -19,13 +19,13 @@ IMAGES = cell_images(6, seed=5)
 
 
 def test_profile_is_registered_and_training_cannot_use_it():
-    from bloodcells.train import resolve_config
+    from bloodcells.config import resolve_config
 
     assert "second_opinion" in shift.PROFILES and "second_opinion" not in shift.TRAINING_PROFILES
     assert shift.families("second_opinion") == second_opinion.FAMILIES
     with pytest.raises(UserError, match=r"shift\.profile: 'second_opinion' is held out for evaluation"):
         resolve_config({"shift": {"profile": "second_opinion"}}, "cfg.toml")
-    assert resolve_config({"shift": {"profile": "server"}})["shift"]["profile"] == "server"
+    assert resolve_config({"shift": {"profile": "server"}}).shift.profile == "server"
 
 
 @pytest.mark.parametrize("family", second_opinion.FAMILIES)

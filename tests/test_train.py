@@ -4,6 +4,7 @@ every loss / optimiser / imbalance / scale option on a tiny network and a few im
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import pytest
 
 from bloodcells import train
 from bloodcells.cli import UserError
+from bloodcells.config import TrainConfig, load_config, resolve_config
+from bloodcells.distribute import make_strategy
+from bloodcells.epochs import class_weights, epoch_order
 from bloodcells.files import save_npz_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +51,7 @@ def tiny_config(**changes):
         for part in filter(None, table.split(".")):
             target = target.setdefault(part, {})
         target[field] = value
-    return train.resolve_config(raw, "test")
+    return resolve_config(raw, "test")
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -55,31 +59,31 @@ def tiny_config(**changes):
 def test_shipped_configs_resolve():
     names = {}
     for path in sorted((REPO / "configs").glob("*.toml")):
-        cfg = train.load_config(path)
+        cfg = load_config(path)
         names[path.stem] = cfg
     assert {"b7_reference", "b7_focal", "cpu", "demo"} <= set(names)
-    assert names["b7_focal"]["train"]["loss"] == "focal"
-    assert names["b7_reference"]["train"]["loss"] == "categorical_crossentropy"
-    assert names["cpu"]["model"]["backbone"] == "small_cnn"
+    assert names["b7_focal"].train.loss == "focal"
+    assert names["b7_reference"].train.loss == "categorical_crossentropy"
+    assert names["cpu"].model.backbone == "small_cnn"
 
 
 def test_config_errors_name_file_and_field(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[train]\noptimiser = "adam"\n')
     with pytest.raises(UserError, match=r"bad.toml: train.optimiser: unknown key"):
-        train.load_config(bad)
+        load_config(bad)
     bad.write_text('[train]\noptimizer = "sgd9"\n')
     with pytest.raises(UserError, match=r"bad.toml: train.optimizer: 'sgd9'; expected one of"):
-        train.load_config(bad)
+        load_config(bad)
     bad.write_text('[augment]\nhue_jiter = 0.1\n')
     with pytest.raises(UserError, match=r"augment.hue_jiter"):
-        train.load_config(bad)
+        load_config(bad)
     bad.write_text('[train\n')
     with pytest.raises(UserError, match="not valid TOML"):
-        train.load_config(bad)
+        load_config(bad)
     bad.write_text('[train]\nfocal_alpha = [0.1, 0.2]\n')
     with pytest.raises(UserError, match="focal_alpha"):
-        train.load_config(bad)
+        load_config(bad)
 
 
 def test_cli_bad_input_exits_2(tmp_path, data_file):
@@ -95,26 +99,25 @@ def test_cli_bad_input_exits_2(tmp_path, data_file):
 # -- pieces ----------------------------------------------------------------------------------
 
 def test_learning_rate_warmup_cosine_and_constant():
-    t = {"warmup_epochs": 1.0, "schedule": "cosine", "min_lr": 0.0}
-    phase = {"lr": 1.0}
-    lrs = [train.learning_rate(phase, t, s, 40, 10) for s in range(40)]
+    t = TrainConfig(warmup_epochs=1.0, schedule="cosine", min_lr=0.0)
+    lrs = [train.learning_rate(1.0, t, s, 40, 10) for s in range(40)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
-    assert train.learning_rate(phase, {**t, "schedule": "constant", "warmup_epochs": 0}, 30, 40, 10) == 1.0
+    assert train.learning_rate(1.0, dataclasses.replace(t, schedule="constant", warmup_epochs=0), 30, 40, 10) == 1.0
 
 
 def test_epoch_order_imbalance_modes():
     labels = np.array([0] * 10 + [1] * 4 + [2] * 2)
-    none = train.epoch_order(labels, "none", 0, 0)
+    none = epoch_order(labels, "none", 0, 0)
     assert sorted(none) == list(range(16))
-    assert not np.array_equal(none, train.epoch_order(labels, "none", 0, 1))
-    np.testing.assert_array_equal(none, train.epoch_order(labels, "none", 0, 0))
-    down = train.epoch_order(labels, "downsample", 0, 0)
+    assert not np.array_equal(none, epoch_order(labels, "none", 0, 1))
+    np.testing.assert_array_equal(none, epoch_order(labels, "none", 0, 0))
+    down = epoch_order(labels, "downsample", 0, 0)
     assert np.bincount(labels[down]).tolist() == [2, 2, 2] and len(set(down)) == 6
-    up = train.epoch_order(labels, "upsample", 0, 0)
+    up = epoch_order(labels, "upsample", 0, 0)
     assert np.bincount(labels[up]).tolist() == [10, 10, 10]
     assert set(np.flatnonzero(labels == 2)) <= set(up)
-    weights = train.class_weights(labels)
+    weights = class_weights(labels)
     assert weights[:3] == pytest.approx([16 / 30, 16 / 12, 16 / 6])
     assert np.mean(weights[labels]) == pytest.approx(1.0)
 
@@ -124,10 +127,10 @@ def _one_step(loss_cfg=None, optimizer="adam", jit=False, strategy="default", mi
 
     from bloodcells import models
 
-    t = {**train.DEFAULTS["train"], **(loss_cfg or {}), "optimizer": optimizer, "strategy": strategy}
+    t = TrainConfig(**{**(loss_cfg or {}), "optimizer": optimizer, "strategy": strategy})
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     try:
-        scope = train.make_strategy(t)
+        scope = make_strategy(t.strategy)
         with scope.scope():
             net = models.build(models.make_spec(TINY_MODEL), "none")
             net.compile(optimizer=train.make_optimizer(t, 1e-2), loss=train.make_loss(t), jit_compile=jit)
@@ -170,13 +173,11 @@ def test_focal_loss_values():
     y = np.eye(8, dtype=np.float32)[[0, 1]]
     p = np.full((2, 8), 0.05, np.float32)
     p[0, 0] = p[1, 1] = 0.65
-    ce = float(train.make_loss({**train.DEFAULTS["train"]})(y, p))
-    focal0 = float(train.make_loss({**train.DEFAULTS["train"], "loss": "focal", "focal_gamma": 0.0,
-                                    "focal_alpha": 1.0})(y, p))
+    ce = float(train.make_loss(TrainConfig())(y, p))
+    focal0 = float(train.make_loss(TrainConfig(loss="focal", focal_gamma=0.0, focal_alpha=1.0))(y, p))
     assert focal0 == pytest.approx(ce, rel=1e-4)
     alpha = [1.0, 0.0] + [0.5] * 6
-    per_class = float(train.make_loss({**train.DEFAULTS["train"], "loss": "focal", "focal_gamma": 0.0,
-                                       "focal_alpha": alpha})(y, p))
+    per_class = float(train.make_loss(TrainConfig(loss="focal", focal_gamma=0.0, focal_alpha=alpha))(y, p))
     assert per_class == pytest.approx(ce / 2, rel=1e-4)  # class 1's sample weighs 0
 
 
@@ -188,7 +189,7 @@ def test_mixed_precision_xla_and_mirrored_take_a_step():
 
 def test_tpu_strategy_without_a_tpu_is_a_clear_error():
     with pytest.raises(UserError, match="train.strategy: 'tpu'"):
-        train.make_strategy({"strategy": "tpu", "tpu": ""})
+        make_strategy("tpu", "")
 
 
 # -- whole runs ------------------------------------------------------------------------------
