@@ -73,23 +73,32 @@ def make_optimizer(t: TrainConfig, lr: float):
     return keras.optimizers.Lion(lr, weight_decay=t.weight_decay or None)
 
 
-def learning_rate(base: float, t: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """The learning rate at `step` of a phase of `total_steps` whose peak is `base`:
-    linear warm-up, then constant or cosine down to min_lr."""
+def learning_rates(base: float, t: TrainConfig, steps: np.ndarray, total_steps: int, steps_per_epoch: int) -> np.ndarray:
+    """The learning rate at each of `steps` (float64) of a phase of `total_steps` whose
+    peak is `base`: linear warm-up, then constant or cosine down to min_lr. Vectorised,
+    so an epoch's rates are one call, not one per batch."""
     import keras
 
+    steps = np.asarray(steps, dtype=np.int64)
     warm = int(round(t.warmup_epochs * steps_per_epoch))
+    if t.schedule == "cosine":
+        # Keras's floor (alpha) is a fraction of the peak, min_lr an absolute rate (also
+        # under a zero peak): decay the part above min_lr, in float64.
+        decay = keras.optimizers.schedules.CosineDecay(np.float64(base - t.min_lr), max(total_steps - warm, 1))
+        rates = t.min_lr + np.asarray(decay(np.maximum(steps - warm, 0)), dtype=np.float64)
+    else:
+        rates = np.full(steps.shape, base, dtype=np.float64)
     # Warm-up by hand: Keras's (CosineDecay's warmup_steps) starts from its initial rate
     # at step 0 and decays from the step it reaches the peak; this one starts at
     # base / warm, reaches base on the last warm-up step, and serves the constant schedule too.
-    if warm and step < warm:
-        return base * (step + 1) / warm
-    if t.schedule == "cosine":
-        # Keras's floor (alpha) is a fraction of the peak, min_lr an absolute rate (also
-        # under a zero peak): decay the part above min_lr. float64, rounded once when assigned.
-        decay = keras.optimizers.schedules.CosineDecay(np.float64(base - t.min_lr), max(total_steps - warm, 1))
-        return t.min_lr + float(decay(max(step - warm, 0)))
-    return base
+    if warm:
+        rates = np.where(steps < warm, base * (steps + 1) / warm, rates)
+    return rates
+
+
+def learning_rate(base: float, t: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """`learning_rates` at one step."""
+    return float(learning_rates(base, t, np.array([step]), total_steps, steps_per_epoch)[0])
 
 
 def package_versions() -> dict:
@@ -123,16 +132,14 @@ class _LearningRate(_callback_base()):
 
     def __init__(self, base, train_cfg, step0, total_steps, steps, scale, label):
         super().__init__()
-        self.base, self.train_cfg, self.step0 = base, train_cfg, step0
-        self.total_steps, self.scale = total_steps, scale
-        self.spe = max(steps, 1)
+        # the epoch's rates in one call: nothing is computed per batch but the assignment
+        self.rates = learning_rates(base, train_cfg, step0 + np.arange(steps), total_steps, max(steps, 1)) * scale
         self.progress = Progress(steps, label, every=30.0)
         self.last_lr = 0.0
 
     def on_train_batch_begin(self, batch, logs=None):
-        lr = learning_rate(self.base, self.train_cfg, self.step0 + batch, self.total_steps, self.spe) * self.scale
-        self.last_lr = lr
-        self.model.optimizer.learning_rate.assign(lr)
+        self.last_lr = float(self.rates[batch])
+        self.model.optimizer.learning_rate.assign(self.last_lr)
 
     def on_train_batch_end(self, batch, logs=None):
         self.progress.update(1)
