@@ -379,7 +379,7 @@ class Model:
                 raise ValueError(f"{os.path.basename(path)}: TTA merge must be one of {MERGES}, got {tta['merge']!r}")
             plan = tta_plan(int(tta["views"]), tta["mode"])
             self.members.append({"name": spec.get("name", os.path.basename(path)), "spec": spec, "network": logits,
-                                 "plan": plan, "views": _views_function(plan, int(spec.get("input_size", 96))),
+                                 "plan": plan, "views": _views_function(plan, int(spec.get("input_size", 96))) if len(plan) > 1 else None,
                                  "tta": {"views": len(plan), "mode": tta["mode"], "merge": tta["merge"]}})
         self.input_size = int(specs[0][1].get("input_size", 96))
         self.num_classes = int(specs[0][1].get("num_classes", NUM_CLASSES))
