@@ -92,7 +92,7 @@ def ramp(options: dict, epoch: int) -> float:
     return start + (1.0 - start) * epoch / epochs
 
 
-def _seed(*parts) -> int:
+def stable_seed(*parts) -> int:
     """A 31-bit seed from integers, stable across processes."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] >> 1)
 
@@ -120,12 +120,12 @@ class Augmenter:
         self.start_epoch(0)
 
     def _next_seed(self) -> int:
-        return _seed(self.seed, next(self._seeds))
+        return stable_seed(self.seed, next(self._seeds))
 
     def epoch_state(self, epoch: int):
         """The epoch's (ramp multiplier, one seed per random generator): everything the
         stream's randomness depends on besides the data order."""
-        seeds = np.array([_seed(self.seed, epoch, k) for k in range(len(self._seed_states))], np.int64)
+        seeds = np.array([stable_seed(self.seed, epoch, k) for k in range(len(self._seed_states))], np.int64)
         return np.float32(ramp(self.options, epoch)), seeds
 
     def start_epoch(self, epoch: int) -> None:
@@ -261,7 +261,7 @@ class Augmenter:
 
         if self._traced is None:
             # AugMix picks its chain's operations with Python's `random` while tracing.
-            random.seed(_seed(self.seed, 1))
+            random.seed(stable_seed(self.seed, 1))
 
             def augment_batch(images, labels, first, scale, seeds):
                 def set_state():
@@ -298,7 +298,7 @@ class TrainingStream:
 
     def default_order(self, epoch: int) -> np.ndarray:
         """The epoch's index order when none is given: a permutation seeded by (seed, epoch)."""
-        return np.random.default_rng(_seed(self.seed, epoch, 0)).permutation(len(self.labels))
+        return np.random.default_rng(stable_seed(self.seed, epoch, 0)).permutation(len(self.labels))
 
     def epochs(self, plan):
         """The stream over the epochs in `plan` (epoch numbers, or (epoch, order) pairs)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import NUM_CLASSES
-from .augment import _seed
+from .augment import stable_seed
 
 
 def epoch_order(labels: np.ndarray, imbalance: str, seed: int, epoch: int) -> np.ndarray:
     """The epoch's training indices in order: a seeded permutation, after downsampling
     every class to the rarest's count or upsampling to the commonest's (the repeats
     differ through augmentation)."""
-    rng = np.random.default_rng(_seed(seed, epoch, 7))
+    rng = np.random.default_rng(stable_seed(seed, epoch, 7))
     if imbalance in ("downsample", "upsample"):
         counts = np.bincount(labels, minlength=NUM_CLASSES)
         present = counts[counts > 0]
