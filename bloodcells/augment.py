@@ -63,6 +63,8 @@ DEFAULTS = {
     "solarize_threshold": [0.5, 1.0],  # threshold range as a fraction of 255
     "jpeg_prob": 0.0,             # JPEG re-encoding at a random quality
     "jpeg_quality": [10, 70],
+    "resolution_prob": 0.0,       # downsample and upsample back (resolution loss)
+    "resolution_min_scale": 0.35,  # smallest side as a fraction of the input's
     "cutmix_prob": 0.0,           # batch level
     "cutmix_alpha": 1.0,
     "mixup_prob": 0.0,            # batch level
@@ -148,7 +150,8 @@ class Augmenter:
         import keras
 
         from .augment_layers import (LazyRandAugment, RandomAffine, RandomChannelMix, RandomGamma,
-                                     RandomGaussianNoise, RandomJpeg, RandomRot90, RandomStain, WithProbability)
+                                     RandomGaussianNoise, RandomJpeg, RandomResolution, RandomRot90, RandomStain,
+                                     WithProbability)
 
         L = keras.layers
         o = self.options
@@ -194,6 +197,7 @@ class Augmenter:
         add(lambda: L.Solarization(threshold_factor=tuple(o["solarize_threshold"]), value_range=(0, 255),
                                    seed=self._next_seed()), "solarize_prob")
         add(lambda: RandomJpeg(tuple(o["jpeg_quality"]), seed=self._next_seed()), "jpeg_prob")
+        add(lambda: RandomResolution(o["resolution_min_scale"], seed=self._next_seed()), "resolution_prob")
         for _ in range(int(o["erasing_patches"])):
             add(lambda: L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
                                         seed=self._next_seed()), "erasing_prob")

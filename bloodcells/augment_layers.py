@@ -150,6 +150,29 @@ class RandomJpeg(SeededLayer):
         return tf.cast(tf.reshape(out, tf.shape(images)), tf.float32)
 
 
+class RandomResolution(SeededLayer):
+    """Lose resolution and get it back: downsample to a side drawn in [min_scale, 1) of
+    the input's, then upsample to the input size, smoothly (bilinear) or blockily
+    (nearest), as images from a lower-magnification objective, a cheaper camera or a
+    resized upload look. One draw per call (a batch's chosen images share it): the
+    resize needs one target size for the whole tensor."""
+
+    def __init__(self, min_scale=0.35, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.min_scale = float(min_scale)
+
+    def call(self, images):
+        shape = ops.shape(images)
+        side = ops.cast(shape[1], "float32")
+        scale = keras.random.uniform((), self.min_scale, 1.0, seed=self.generator)
+        small = ops.cast(ops.maximum(ops.round(side * scale), 4.0), "int32")
+        blocky = keras.random.uniform((), seed=self.generator) < 0.3
+        down = tf.image.resize(images, tf.stack([small, small]), method="area")
+        size = tf.shape(images)[1:3]
+        return tf.cond(blocky, lambda: tf.image.resize(down, size, method="nearest"),
+                       lambda: tf.image.resize(down, size, method="bilinear"))
+
+
 class WithProbability(SeededLayer):
     """Apply `layer` to each image independently with probability `probability()`
     (a callable, read at every call: the Augmenter's ramped probability)."""

@@ -39,6 +39,7 @@ SINGLE = {
     "erasing x2": {"erasing_prob": 1.0, "erasing_scale": [0.05, 0.1], "erasing_patches": 2},
     "solarize": {"solarize_prob": 1.0, "solarize_threshold": [0.0, 0.5]},
     "jpeg": {"jpeg_prob": 1.0, "jpeg_quality": [5, 10]},
+    "resolution": {"resolution_prob": 1.0, "resolution_min_scale": 0.3},
 }
 
 
@@ -157,6 +158,20 @@ def test_ramp_takes_effect_in_a_traced_stream():
         x, _ = _epoch(stream, epoch)
         fractions.append((np.abs(x - 128).reshape(200, -1).max(axis=1) > 0).mean())
     assert 0.1 < fractions[0] < 0.4 and fractions[1] == 1.0
+
+
+def test_resolution_loss_removes_detail_finer_than_the_drawn_scale():
+    from bloodcells.augment_layers import RandomResolution
+
+    checkerboard = (np.indices((32, 32)).sum(axis=0) % 2 * 255.0).astype(np.float32)
+    images = np.repeat(checkerboard[None, :, :, None], 3, axis=3).repeat(4, axis=0)
+    layer = RandomResolution(min_scale=0.3, seed=0)
+    for _ in range(5):  # both upsampling kinds, several sizes
+        out = np.asarray(layer(images))
+        assert out.shape == images.shape
+        # one-pixel detail does not survive the drawn sides: the pattern averages out
+        assert out.std() < 0.5 * images.std()
+        assert 0 <= out.min() and out.max() <= 255
 
 
 def test_rot90_gives_exact_quarter_turns_of_every_kind():
