@@ -17,7 +17,6 @@ Prints accuracies side by side; the figures go to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,22 +30,13 @@ DEFAULT_DATA = os.environ.get("BLOODCELLS_PBC", str(REPO.parent / "shared" / "da
 
 
 def selection_split(data: Path, val_fraction: float, seed: int):
-    """The images training chose its epoch on: the train split's stratified selection part."""
-    from bloodcells.data import stratified_split
+    """The images training chose its epoch on: the train split's stratified selection part,
+    read and split as bloodcells.data.train_val does for bench_train_pbc's training file."""
+    from bloodcells.data import load_dataset, stratified_split
 
-    with np.load(data, allow_pickle=False) as archive:
-        images, labels = archive["train_images"], archive["train_labels"].reshape(-1)
-    _, selection = stratified_split(labels, val_fraction, seed)
-    return images[selection], labels[selection]
-
-
-def load_network(weights_dir: Path):
-    from bloodcells import models
-
-    spec = json.loads((weights_dir / "model.json").read_text())
-    net = models.shipped_model_module().build_network(spec)
-    net.load_weights(weights_dir / "model.weights.h5")
-    return net
+    train = load_dataset(data, "train", notify=None)
+    _, selection = stratified_split(train.labels, val_fraction, seed)
+    return train.images[selection], train.labels[selection]
 
 
 def predict(net, images: np.ndarray, batch: int, batch_stats: bool, order: np.ndarray) -> np.ndarray:
@@ -64,7 +54,7 @@ def predict(net, images: np.ndarray, batch: int, batch_stats: bool, order: np.nd
 def main() -> int:
     import keras
 
-    from bloodcells import second_opinion
+    from bloodcells import models, second_opinion
     from bloodcells.shift import apply_shift
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,7 +70,7 @@ def main() -> int:
         print(f"skip: real data not found at {args.data}")
         return 0
     images, labels = selection_split(args.data, args.val_fraction, args.seed)
-    net = load_network(args.weights)
+    net, _ = models.load_exported(args.weights)
     saved = [v.numpy() for v in net.weights]
     # Batch statistics without the head's dropout: training=True would also drop units.
     for layer in net._flatten_layers(include_self=False, recursive=True):

@@ -162,13 +162,11 @@ class RandomResolution(SeededLayer):
         self.min_scale = float(min_scale)
 
     def call(self, images):
-        shape = ops.shape(images)
-        side = ops.cast(shape[1], "float32")
-        scale = keras.random.uniform((), self.min_scale, 1.0, seed=self.generator)
-        small = ops.cast(ops.maximum(ops.round(side * scale), 4.0), "int32")
-        blocky = keras.random.uniform((), seed=self.generator) < 0.3
-        down = tf.image.resize(images, tf.stack([small, small]), method="area")
         size = tf.shape(images)[1:3]
+        scale = keras.random.uniform((), self.min_scale, 1.0, seed=self.generator)
+        small = tf.cast(tf.maximum(tf.round(tf.cast(size, tf.float32) * scale), 4.0), tf.int32)
+        blocky = keras.random.uniform((), seed=self.generator) < 0.3
+        down = tf.image.resize(images, small, method="area")
         return tf.cond(blocky, lambda: tf.image.resize(down, size, method="nearest"),
                        lambda: tf.image.resize(down, size, method="bilinear"))
 
