@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 
 import numpy as np
 
@@ -50,8 +49,10 @@ DEFAULTS = {
     "randaugment_prob": 0.0,      # RandAugment (num_ops, factor)
     "randaugment_num_ops": 2,
     "randaugment_factor": 0.5,
-    "augmix_prob": 0.0,           # AugMix (optional; slow)
-    "augmix_severity": 0.3,
+    "augmix_prob": 0.0,           # AugMix applied in place (augment_layers.RandomAugMix)
+    "augmix_severity": 0.3,       # 0.3 = the AugMix paper's level 3
+    "augmix_views": 0,            # k > 0: each image is followed by k AugMix views of it, for
+                                  # train.consistency_weight's Jensen-Shannon loss (k + 1 rows each)
     "blur_prob": 0.0,             # RandomGaussianBlur
     "blur_sigma": 1.5,
     "noise_prob": 0.0,            # additive Gaussian noise, std up to noise_std (0-255 scale)
@@ -114,10 +115,18 @@ class Augmenter:
         self._seeds = iter(range(1, 1000))
         self.steps = self._build() if self.options["enabled"] else []
         self.cutmix, self.mixup = self._build_mixing() if self.options["enabled"] else (None, None)
+        self.views = int(self.options["augmix_views"]) if self.options["enabled"] else 0
+        self.view_layer = None
+        if self.views:
+            from .augment_layers import RandomAugMix
+            self.view_layer = RandomAugMix(self.options["augmix_severity"], seed=self._next_seed())
         self._seed_states = [v for layer in [*self.steps, self.cutmix, self.mixup] if layer is not None
                              for v in layer.variables if "seed_generator_state" in v.path]
         if self.options["enabled"]:
             self._seed_states.append(self._batch_generator.state)
+        # last: the images' own rows are the same with views or without
+        self._seed_states += [v for v in (self.view_layer.variables if self.view_layer else [])
+                              if "seed_generator_state" in v.path]
         self._traced = None
         self.start_epoch(0)
 
@@ -149,7 +158,7 @@ class Augmenter:
     def _build(self):
         import keras
 
-        from .augment_layers import (LazyRandAugment, RandomAffine, RandomChannelMix, RandomGamma,
+        from .augment_layers import (LazyRandAugment, RandomAffine, RandomAugMix, RandomChannelMix, RandomGamma,
                                      RandomGaussianNoise, RandomJpeg, RandomResolution, RandomRot90, RandomStain,
                                      WithProbability)
 
@@ -189,8 +198,7 @@ class Augmenter:
         add(lambda: RandomChannelMix(o["channel_mix"], seed=self._next_seed()), "channel_mix_prob")
         add(lambda: LazyRandAugment(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
                                     seed=self._next_seed()), "randaugment_prob")
-        add(lambda: L.AugMix(value_range=(0, 255), factor=float(o["augmix_severity"]), seed=self._next_seed()),
-            "augmix_prob")
+        add(lambda: RandomAugMix(o["augmix_severity"], seed=self._next_seed()), "augmix_prob")
         add(lambda: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
                                          value_range=(0, 255), seed=self._next_seed()), "blur_prob")
         add(lambda: RandomGaussianNoise(o["noise_std"], seed=self._next_seed()), "noise_prob")
@@ -227,10 +235,21 @@ class Augmenter:
         return keras.ops.clip(keras.ops.cast(images, "float32"), 0.0, 255.0)
 
     def __call__(self, images, labels):
+        """The augmented batch; with `augmix_views` k, each image's row is followed by k
+        AugMix views of it (same label), n (k + 1) rows in all."""
+        images, labels = self._mixed(self.images_only(images), labels)
+        if not self.views:
+            return images, labels
+        import keras
+
+        rows = [images] + [self._clip(self.view_layer(images, training=True)) for _ in range(self.views)]
+        interleaved = keras.ops.reshape(keras.ops.stack(rows, axis=1), (-1, *images.shape[1:]))
+        return interleaved, keras.ops.repeat(labels, self.views + 1, axis=0)
+
+    def _mixed(self, images, labels):
         import keras
         import tensorflow as tf
 
-        images = self.images_only(images)
         if self.cutmix is None and self.mixup is None:
             return images, labels
         draw = keras.random.uniform((), seed=self._batch_generator)
@@ -264,9 +283,6 @@ class Augmenter:
         import tensorflow as tf
 
         if self._traced is None:
-            # AugMix picks its chain's operations with Python's `random` while tracing.
-            random.seed(stable_seed(self.seed, 1))
-
             def augment_batch(images, labels, first, scale, seeds):
                 def set_state():
                     self._assign_epoch_state(scale, seeds)
@@ -313,6 +329,7 @@ class TrainingStream:
         plan = [item if isinstance(item, tuple) else (item, None) for item in plan]
         onehot = np.eye(self.num_classes, dtype=np.float32)
         shape = self.images.shape[1:]
+        rows = self.augmenter.views + 1
 
         def batches():
             for epoch, order in plan:
@@ -321,7 +338,8 @@ class TrainingStream:
                 for start in range(0, len(order), self.batch_size):
                     index = order[start:start + self.batch_size]
                     batch = (self.images[index], onehot[self.labels[index]], start == 0, scale, seeds)
-                    yield batch if self.weights is None else (*batch, self.weights[index])
+                    # a weight per row: an image's AugMix views (augmix_views) carry its weight
+                    yield batch if self.weights is None else (*batch, np.repeat(self.weights[index], rows))
 
         signature = (tf.TensorSpec((None, *shape), tf.as_dtype(self.images.dtype)),
                      tf.TensorSpec((None, self.num_classes), tf.float32), tf.TensorSpec((), tf.bool),

@@ -171,6 +171,91 @@ class RandomResolution(SeededLayer):
                        lambda: tf.image.resize(down, size, method="bilinear"))
 
 
+class RandomAugMix(SeededLayer):
+    """AugMix (Hendrycks et al., ICLR 2020) with every choice drawn per image, in-graph:
+    `chains` chains of 1 to `depth` operations, each picked uniformly from auto-contrast,
+    equalise, posterise, solarise, rotate, shear and translate (the paper's list: it
+    leaves out contrast, colour, brightness and sharpness, which overlap common test
+    corruptions), mixed with Dirichlet(1) weights, the mix blended with the input by a
+    Beta(1, 1) weight. `severity` 0.3 is the paper's level 3 (rotation up to 9 degrees,
+    shear 0.09, translation a tenth of the side, 3-4 bits, solarise above 179).
+
+    keras.layers.AugMix picks its chain's operations with Python's `random` once per
+    trace, so in a tf.data pipeline every image of every batch gets the same chain."""
+
+    OPS = ("auto_contrast", "equalize", "posterize", "solarize", "rotate", "shear", "translate")
+
+    def __init__(self, severity=0.3, chains=3, depth=3, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.severity, self.chains, self.depth = float(severity), int(chains), int(depth)
+        s = self.severity
+        sub = (lambda k: None) if seed is None else (lambda k: (int(seed) * 7919 + k) % (2 ** 31 - 1))
+        L = keras.layers
+        self.equalization = L.Equalization(value_range=(0, 255))
+        self.rotation = L.RandomRotation(30.0 * s / 360.0, fill_mode="reflect", seed=sub(1))
+        self.shear = L.RandomShear(x_factor=0.3 * s, y_factor=0.3 * s, fill_mode="reflect", seed=sub(2))
+        self.translation = L.RandomTranslation(s / 3.0, s / 3.0, fill_mode="reflect", seed=sub(3))
+
+    def _auto_contrast(self, x):
+        low = ops.min(x, axis=(1, 2), keepdims=True)
+        high = ops.max(x, axis=(1, 2), keepdims=True)
+        stretched = (x - low) * 255.0 / ops.maximum(high - low, 1.0)
+        return ops.where(high > low, stretched, x)
+
+    def _posterize(self, x):
+        # bits = 4 - int(4 u), u uniform in [0.1, 10 severity] (the paper's sample_level)
+        u = self.per_image(x, 0.1, max(10.0 * self.severity, 0.1 + 1e-6))
+        bits = 4.0 - ops.floor(4.0 * u / 10.0)
+        step = ops.power(2.0, 8.0 - ops.clip(bits, 1.0, 8.0))
+        return ops.floor(ops.clip(x, 0.0, 255.0) / step) * step
+
+    def _solarize(self, x):
+        threshold = 256.0 - 256.0 * self.per_image(x, 0.01, max(self.severity, 0.01 + 1e-6))
+        return ops.where(x < threshold, x, 255.0 - x)
+
+    def _op(self, k, x):
+        name = self.OPS[k]
+        if name == "auto_contrast":
+            return self._auto_contrast(x)
+        if name == "equalize":
+            return self.equalization(x)
+        if name == "posterize":
+            return self._posterize(x)
+        if name == "solarize":
+            return self._solarize(x)
+        layer = {"rotate": self.rotation, "shear": self.shear, "translate": self.translation}[name]
+        return layer(x, training=True)
+
+    def _apply_chosen(self, images, choice):
+        """Operation choice[i] on image i (-1: unchanged); each operation runs on the
+        images that chose it only."""
+        for k in range(len(self.OPS)):
+            chosen = tf.where(choice == k)[:, 0]
+
+            def apply(k=k, chosen=chosen, images=images):
+                changed = tf.cast(self._op(k, tf.gather(images, chosen)), images.dtype)
+                return tf.tensor_scatter_nd_update(images, chosen[:, None], changed)
+
+            images = tf.cond(tf.size(chosen) > 0, apply, lambda images=images: images)
+        return images
+
+    def call(self, images):
+        images = tf.cast(images, tf.float32)
+        n = tf.shape(images)[0]
+        weights = keras.random.gamma((n, self.chains), alpha=1.0, seed=self.generator)
+        weights = weights / ops.sum(weights, axis=1, keepdims=True)
+        mix = tf.zeros_like(images)
+        for c in range(self.chains):
+            depth = keras.random.randint((n,), 1, self.depth + 1, seed=self.generator)
+            x = images
+            for step in range(self.depth):
+                op = keras.random.randint((n,), 0, len(self.OPS), seed=self.generator)
+                x = ops.clip(self._apply_chosen(x, tf.where(step < depth, op, -1)), 0.0, 255.0)
+            mix = mix + weights[:, c, None, None, None] * x
+        blend = keras.random.uniform((n, 1, 1, 1), seed=self.generator)  # Beta(1, 1)
+        return blend * images + (1.0 - blend) * mix
+
+
 class WithProbability(SeededLayer):
     """Apply `layer` to each image independently with probability `probability()`
     (a callable, read at every call: the Augmenter's ramped probability)."""

@@ -80,6 +80,8 @@ class TrainConfig:
     eval_batch_size: int = 128
     eval_every: int = 1                 # validate every k epochs (and always the last)
     steps_per_epoch: int = 0            # 0 = the whole epoch
+    consistency_weight: float = 0.0     # Jensen-Shannon weight between an image and its AugMix
+                                        # views (needs augment.augmix_views; the paper used 12)
 
 
 @dataclass
@@ -173,11 +175,29 @@ def resolve_config(raw: dict, source: str = "config", overrides: dict | None = N
         why = ("is held out for evaluation (epochs chosen on it would fit it); "
                if profile == "second_opinion" else "")
         raise UserError(f"{source}: shift.profile: '{profile}' {why}expected one of {', '.join(TRAINING_PROFILES)}")
+    _check_consistency(typed, source)
     alpha = typed.train.focal_alpha
     if isinstance(alpha, list) and len(alpha) != NUM_CLASSES:
         raise UserError(f"{source}: train.focal_alpha: {len(alpha)} values; expected a number or "
                         f"{NUM_CLASSES} (one per class)")
     return typed
+
+
+def _check_consistency(typed: Config, source: str) -> None:
+    """augment.augmix_views and train.consistency_weight come together or not at all."""
+    views, weight = typed.augment["augmix_views"], typed.train.consistency_weight
+    if not isinstance(views, int) or isinstance(views, bool) or views < 0:
+        raise UserError(f"{source}: augment.augmix_views: {views!r}; expected an integer >= 0")
+    if weight < 0 or (weight > 0 and views == 0):
+        raise UserError(f"{source}: train.consistency_weight: {weight}; expected 0, or > 0 with "
+                        f"augment.augmix_views >= 1 (the views it compares)")
+    if views and weight == 0:
+        raise UserError(f"{source}: augment.augmix_views: {views}; expected 0 unless "
+                        f"train.consistency_weight > 0 (views without the loss only multiply the batch)")
+    if views and typed.train.strategy != "default":
+        raise UserError(f"{source}: augment.augmix_views: {views} with train.strategy "
+                        f"'{typed.train.strategy}'; expected strategy 'default' (splitting a batch "
+                        f"across devices would part an image from its views)")
 
 
 def _merge(base: dict, new: dict, source: str, where: tuple) -> None:

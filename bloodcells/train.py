@@ -52,13 +52,44 @@ HISTORY_FIELDS = ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_a
 
 # -- pieces ------------------------------------------------------------------------------
 
-def make_loss(t: TrainConfig):
+def make_loss(t: TrainConfig, views: int = 0):
+    """The configured loss; with `views` AugMix views per image (augment.augmix_views),
+    wrapped in the Jensen-Shannon consistency loss (`consistency_loss`)."""
     import keras
 
+    reduction = None if views else "sum_over_batch_size"
     if t.loss == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(alpha=t.focal_alpha, gamma=t.focal_gamma,
-                                                         label_smoothing=t.label_smoothing)
-    return keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing)
+        base = keras.losses.CategoricalFocalCrossentropy(alpha=t.focal_alpha, gamma=t.focal_gamma,
+                                                         label_smoothing=t.label_smoothing, reduction=reduction)
+    else:
+        base = keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing, reduction=reduction)
+    return consistency_loss(base, views, t.consistency_weight) if views else base
+
+
+def consistency_loss(base, views: int, weight: float):
+    """AugMix's training loss (Hendrycks et al. 2020, eq. 1): `base` (per-sample) on each
+    image's own row plus `weight` times the Jensen-Shannon divergence among the class
+    probabilities of the image and its `views` AugMix views. The rows come interleaved
+    (image, its views, next image: bloodcells.augment). Returned per row, the image's
+    loss (x (views + 1)) on its own row and 0 on its views', so Keras's mean over rows is
+    the mean over images and a sample weight counts once per image."""
+    import keras
+    from keras import ops
+
+    group = views + 1
+
+    class AugMixConsistency(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            probs = ops.reshape(ops.cast(y_pred, "float32"), (-1, group, NUM_CLASSES))
+            labels = ops.reshape(ops.cast(y_true, "float32"), (-1, group, NUM_CLASSES))[:, 0]
+            p = ops.clip(probs, 1e-7, 1.0)
+            mixture = ops.mean(p, axis=1, keepdims=True)
+            jensen_shannon = ops.mean(ops.sum(p * (ops.log(p) - ops.log(mixture)), axis=-1), axis=1)
+            per_image = base(labels, probs[:, 0]) + weight * jensen_shannon
+            rows = ops.concatenate([per_image[:, None] * group, ops.zeros_like(probs[:, 1:, 0])], axis=1)
+            return ops.reshape(rows, (-1,))
+
+    return AugMixConsistency(name="augmix_consistency")
 
 
 def make_optimizer(t: TrainConfig, lr: float):
@@ -276,7 +307,8 @@ class Trainer:
             models.unfreeze_top(self.model, pcfg.unfreeze, pcfg.freeze_batchnorm)
         with self.strategy.scope():
             self.optimizer = make_optimizer(self.cfg.train, pcfg.lr)
-            self.model.compile(optimizer=self.optimizer, loss=make_loss(self.cfg.train),
+            loss = make_loss(self.cfg.train, self.augmentation.augmenter.views)
+            self.model.compile(optimizer=self.optimizer, loss=loss,
                                metrics=["accuracy"], jit_compile=self.cfg.train.xla)
         # mixed_float16: compile wrapped it in a LossScaleOptimizer, whose loss scale and
         # step counter are state to checkpoint with the inner optimiser's

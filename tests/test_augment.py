@@ -229,3 +229,59 @@ def test_one_pipeline_over_many_epochs_equals_the_epochs_one_by_one(batch):
             np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(np.concatenate([b[2] for b in together]),
                                   np.concatenate([weights[orders[e]] for e in range(1, 5)]))
+
+
+# -- AugMix views for the Jensen-Shannon consistency loss -----------------------------------
+
+def test_augmix_draws_its_operations_per_image_in_a_traced_graph():
+    """keras.layers.AugMix picks its chains with Python's random while tracing: every
+    image of every batch then gets the same operations. RandomAugMix draws per image:
+    on 64 copies of one image (traced once, called twice) it gives 64 different images
+    per call and different images on the second call, all in range."""
+    import tensorflow as tf
+
+    from bloodcells.augment_layers import RandomAugMix
+
+    rng = np.random.default_rng(1)
+    one = np.repeat(np.repeat(rng.integers(30, 230, (1, 12, 12, 3)), 8, axis=1), 8, axis=2)
+    copies = np.repeat(one, 64, axis=0).astype(np.float32)
+    layer = RandomAugMix(0.3, seed=7)
+    apply = tf.function(lambda x: layer(x, training=True))
+    first, second = apply(copies).numpy(), apply(copies).numpy()
+    assert apply.experimental_get_tracing_count() == 1
+    for out in (first, second):
+        assert out.min() >= 0 and out.max() <= 255
+        assert len({row.tobytes() for row in np.round(out, 3)}) == 64
+    assert not np.allclose(first, second)
+    # each image is the input blended with its chains' mix: some near it, some far
+    change = np.abs(first - copies).mean(axis=(1, 2, 3))
+    assert change.min() < 3.0 < change.max()
+
+
+def test_augmix_views_follow_each_image_and_leave_its_own_row_unchanged(batch):
+    """With augmix_views k every image's row is followed by k AugMix views of it with
+    its label (and weight); the images' own rows equal the stream without views; the
+    views are re-seeded per epoch like the rest (epoch 1 again, after epoch 0, is the same)."""
+    images, labels = batch
+    weights = np.arange(1, 7, dtype=np.float32)
+    opts = {**SINGLE["geometry"], **SINGLE["noise"], "cutmix_prob": 0.5, "mixup_prob": 0.5}
+    plain = augment.TrainingStream(images, labels, opts, seed=2, batch_size=3, weights=weights)
+    viewed = augment.TrainingStream(images, labels, {**opts, "augmix_views": 2}, seed=2, batch_size=3,
+                                    weights=weights)
+    for (x, y, w), (xv, yv, wv) in zip(plain.epoch(1), viewed.epoch(1)):
+        x, y, xv, yv = (np.asarray(t) for t in (x, y, xv, yv))
+        assert xv.shape == (3 * len(x), *x.shape[1:])
+        np.testing.assert_array_equal(xv[0::3], x)
+        np.testing.assert_array_equal(yv, np.repeat(y, 3, axis=0))
+        np.testing.assert_array_equal(np.asarray(wv), np.repeat(np.asarray(w), 3))
+        assert xv.min() >= 0 and xv.max() <= 255
+        for k in (1, 2):
+            assert (np.abs(xv[k::3] - x).reshape(len(x), -1).max(axis=1) > 1.0).all()
+        assert not np.array_equal(xv[1::3], xv[2::3])
+    def rows(epoch):
+        return np.concatenate([np.asarray(b[0]) for b in viewed.epoch(epoch)])
+
+    once = rows(1)
+    rows(0)
+    np.testing.assert_array_equal(rows(1), once)
+

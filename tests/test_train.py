@@ -181,6 +181,58 @@ def test_focal_loss_values():
     assert per_class == pytest.approx(ce / 2, rel=1e-4)  # class 1's sample weighs 0
 
 
+def test_consistency_loss_is_the_base_loss_plus_jensen_shannon_per_image():
+    """Rows are (image, view, view) triples. Identical views: the loss is the base loss
+    of the images' own rows alone. Different views: plus weight x the Jensen-Shannon
+    divergence of the triple (computed here by hand), once per image, sample weights
+    counting once per image."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.eye(8, dtype=np.float32)[[0, 3]], 3, axis=0)
+    p = rng.dirichlet(np.ones(8), size=6).astype(np.float32)
+    cfg = TrainConfig(label_smoothing=0.1, consistency_weight=12.0)
+    loss = train.make_loss(cfg, views=2)
+    base = train.make_loss(TrainConfig(label_smoothing=0.1))
+    same = np.repeat(p[0::3], 3, axis=0)
+    assert float(loss(y, same)) == pytest.approx(float(base(y[0::3], p[0::3])), rel=1e-5)
+
+    def kl(a, b):
+        return float(np.sum(a * (np.log(a) - np.log(b))))
+
+    js = [np.mean([kl(p[g + k], p[g:g + 3].mean(axis=0)) for k in range(3)]) for g in (0, 3)]
+    expected = float(base(y[0::3], p[0::3])) + 12.0 * float(np.mean(js))
+    assert float(loss(y, p)) == pytest.approx(expected, rel=1e-4)
+    per_image = [float(base(y[g:g + 1], p[g:g + 1])) + 12.0 * js[i] for i, g in enumerate((0, 3))]
+    weighted = float(loss(y, p, sample_weight=np.repeat([1.0, 0.0], 3)))
+    assert weighted == pytest.approx(per_image[0] / 2, rel=1e-4)  # Keras divides by the rows
+
+
+def test_augmix_views_and_consistency_weight_come_together():
+    with pytest.raises(UserError, match=r"test: train.consistency_weight: 12.0; expected 0, or > 0 with "
+                                        r"augment.augmix_views >= 1"):
+        tiny_config(**{"train.consistency_weight": 12.0})
+    with pytest.raises(UserError, match=r"test: augment.augmix_views: 2; expected 0 unless"):
+        tiny_config(**{"augment.augmix_views": 2})
+    with pytest.raises(UserError, match=r"test: augment.augmix_views: 2 with train.strategy 'mirrored'"):
+        tiny_config(**{"augment.augmix_views": 2, "train.consistency_weight": 1.0, "train.strategy": "mirrored"})
+    with pytest.raises(UserError, match=r"test: augment.augmix_views: -1; expected an integer >= 0"):
+        tiny_config(**{"augment.augmix_views": -1})
+
+
+def test_a_run_with_augmix_views_trains_validates_and_exports(tmp_path, data_file):
+    """The consistency loss end to end: the stream's triples, the loss, validation on
+    plain images and an export that predicts single images."""
+    from bloodcells import models
+
+    cfg = tiny_config(**{"augment.augmix_views": 2, "train.consistency_weight": 12.0, "phase1.epochs": 0,
+                         "phase2.epochs": 1})
+    metrics = train.Trainer(cfg, data_file, tmp_path / "run", tmp_path / "export").run()
+    history = _history(tmp_path / "run")
+    assert len(history) == 1 and np.isfinite(float(history[0]["loss"]))
+    assert 0.0 <= metrics["val_acc"] <= 1.0
+    net, _ = models.load_exported(tmp_path / "export")
+    assert net.predict(np.zeros((2, 96, 96, 3), np.float32), verbose=0).shape == (2, 8)
+
+
 def test_mixed_precision_xla_and_mirrored_take_a_step():
     _one_step(mixed=True)
     _one_step(jit=True)
