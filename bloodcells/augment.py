@@ -159,7 +159,8 @@ class Augmenter:
         import keras
 
         from .augment_layers import (LazyRandAugment, RandomAffine, RandomAugMix, RandomChannelMix, RandomGamma,
-                                     RandomGaussianNoise, RandomJpeg, RandomResolution, RandomRot90, RandomStain,
+                                     RandomGaussianNoise, RandomJpeg, RandomResolution, RandomRot90, RandomSolarize,
+                                     RandomStain,
                                      WithProbability)
 
         L = keras.layers
@@ -202,8 +203,7 @@ class Augmenter:
         add(lambda: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
                                          value_range=(0, 255), seed=self._next_seed()), "blur_prob")
         add(lambda: RandomGaussianNoise(o["noise_std"], seed=self._next_seed()), "noise_prob")
-        add(lambda: L.Solarization(threshold_factor=tuple(o["solarize_threshold"]), value_range=(0, 255),
-                                   seed=self._next_seed()), "solarize_prob")
+        add(lambda: RandomSolarize(tuple(o["solarize_threshold"]), seed=self._next_seed()), "solarize_prob")
         add(lambda: RandomJpeg(tuple(o["jpeg_quality"]), seed=self._next_seed()), "jpeg_prob")
         add(lambda: RandomResolution(o["resolution_min_scale"], seed=self._next_seed()), "resolution_prob")
         for _ in range(int(o["erasing_patches"])):

@@ -81,6 +81,21 @@ class RandomGamma(SeededLayer):
         return 255.0 * ops.power(ops.clip(images, 0.0, 255.0) / 255.0, g)
 
 
+class RandomSolarize(SeededLayer):
+    """Invert the pixels at or above a threshold drawn per image in
+    [low, high] x 255. keras.layers.Solarization draws its threshold from
+    [threshold_factor[0], threshold_factor[1] x 255] (the lower end unscaled, Keras 3.15),
+    so a range of (0.55, 1.0) inverted a mid-grey pixel 4 times in 10 instead of never."""
+
+    def __init__(self, threshold=(0.5, 1.0), seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.low, self.high = (float(v) for v in threshold)
+
+    def call(self, images):
+        threshold = self.per_image(images, 255.0 * self.low, 255.0 * self.high)
+        return ops.where(images < threshold, images, 255.0 - images)
+
+
 class RandomAffine(SeededLayer):
     """Rotation, zoom and translation as one affine warp (one resampling instead of
     three; RandomRotation/RandomZoom/RandomTranslation each resample the image).

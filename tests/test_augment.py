@@ -285,3 +285,18 @@ def test_augmix_views_follow_each_image_and_leave_its_own_row_unchanged(batch):
     rows(0)
     np.testing.assert_array_equal(rows(1), once)
 
+
+
+def test_solarize_threshold_range_is_a_fraction_of_255():
+    """keras.layers.Solarization leaves the range's lower end unscaled: (0.55, 1.0)
+    inverted a grey-100 pixel 4 times in 10. A threshold in [140, 255] never does; one
+    in [0, 77] always does."""
+    from bloodcells.augment_layers import RandomSolarize
+
+    grey = np.full((400, 2, 2, 3), 100.0, np.float32)
+    never = np.asarray(RandomSolarize((0.55, 1.0), seed=1)(grey))
+    always = np.asarray(RandomSolarize((0.0, 0.3), seed=1)(grey))
+    np.testing.assert_array_equal(never, grey)
+    np.testing.assert_array_equal(always, 255.0 - grey)
+    spread = np.asarray(RandomSolarize((0.0, 1.0), seed=1)(grey))[:, 0, 0, 0]
+    assert 0.3 < (spread == 155.0).mean() < 0.5  # thresholds at most 100: 100/255 of them
