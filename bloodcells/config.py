@@ -52,6 +52,8 @@ class ModelConfig:
     weights: str = "imagenet"   # "imagenet", "none" or a backbone weights file
     cache_dir: str = ""
     resize_to: int = 0          # 0 = the input size
+    init_from: str = ""         # an exported model folder whose weights start the whole network
+                                # (fine-tuning a trained model; same architecture)
     backbone_options: dict = field(default_factory=dict)
     head: dict = field(default_factory=_shipped_default("DEFAULT_HEAD"))
     tta: dict = field(default_factory=_shipped_default("DEFAULT_TTA"))

@@ -300,6 +300,26 @@ def load_exported(folder):
     return net, spec
 
 
+# the model.json fields that decide the network (and so whether weights fit it)
+NETWORK_FIELDS = ("backbone", "backbone_options", "input_size", "resize_to", "num_classes", "head", "pretrained")
+
+
+def load_into(net, spec: dict, folder) -> None:
+    """Start `net` (built from `spec`) from an exported model's weights: model.init_from.
+    The export must describe the same network, field by field (a network can depend on
+    how it was built, not only on its weights)."""
+    other, weights = read_export(folder)
+    for key in NETWORK_FIELDS:
+        if other.get(key) != spec.get(key):
+            raise UserError(f"{Path(folder) / 'model.json'}: {key}: {other.get(key)!r}; expected the config's "
+                            f"{spec.get(key)!r} (model.init_from must be the same network)")
+    try:
+        net.load_weights(str(weights))
+    except Exception as exc:  # Keras raises several types for a mismatched file
+        raise UserError(f"{weights}: weights: do not fit the network in model.json "
+                        f"({' '.join(str(exc).split())[:160]})") from None
+
+
 # -- fetching ImageNet weights ahead (a connected machine; the file then works offline) ------
 
 def fetch_main(argv=None):

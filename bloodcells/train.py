@@ -268,6 +268,9 @@ class Trainer:
         with self.strategy.scope():
             self.model = models.build(self.spec, cfg.model.weights if not self.resume else None,
                                       cfg.model.cache_dir or None)
+            if cfg.model.init_from and not self.resume:
+                models.load_into(self.model, self.spec, cfg.model.init_from)
+                self.log(f"init: weights from {cfg.model.init_from}")
         synchronize_batchnorm(self.model, self.strategy)
         uncapture_multiworker_strategy(self.model, self.strategy)
 

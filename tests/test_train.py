@@ -300,6 +300,22 @@ def _run_until_checkpoint(cfg, data_file, out, monkeypatch, n):
         train.Trainer(cfg, data_file, out).run()
     monkeypatch.setattr(train, "save_checkpoint", real_save)
 
+def test_init_from_starts_the_network_from_an_export_of_the_same_network(tmp_path, data_file):
+    from bloodcells import models
+
+    first = tiny_config(**{"phase1.epochs": 0, "phase2.epochs": 1})
+    train.Trainer(first, data_file, tmp_path / "first", tmp_path / "export").run()
+    exported, _ = models.load_exported(tmp_path / "export")
+    again = train.Trainer(tiny_config(**{"model.init_from": str(tmp_path / "export")}), data_file,
+                          tmp_path / "again")
+    again.set_up()
+    for mine, theirs in zip(again.model.get_weights(), exported.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    other = tiny_config(**{"model.init_from": str(tmp_path / "export"), "model.head": {"dense_units": 16}})
+    with pytest.raises(UserError, match=r"model.json: head: .*expected the config's .*same network"):
+        train.Trainer(other, data_file, tmp_path / "other").set_up()
+
+
 def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, data_file, monkeypatch):
     cfg = tiny_config()
     train.Trainer(cfg, data_file, tmp_path / "whole").run()
