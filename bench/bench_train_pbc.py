@@ -34,10 +34,11 @@ def train_split_only(data: Path, out: Path) -> Path:
     selection split and never sees the val split)."""
     with np.load(data, allow_pickle=False) as archive:
         images, labels = archive["train_images"], archive["train_labels"].reshape(-1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, out)
+    sys.path.insert(0, str(REPO))
+    from bloodcells.files import save_npz_atomic
+
+    # a temporary name of its own: two runs started together each write and rename theirs
+    save_npz_atomic(out, compress=False, images=images, labels=labels)
     return out
 
 
