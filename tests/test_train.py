@@ -3,6 +3,7 @@ every loss / optimiser / imbalance / scale option on a tiny network and a few im
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -45,6 +46,7 @@ def tiny_config(**changes):
            "model": TINY_MODEL, "augment": LIGHT_AUG,
            "train": {"batch_size": 12, "optimizer": "adamw", "schedule": "cosine", "warmup_epochs": 0.5},
            "phase1": {"epochs": 1, "lr": 1e-2}, "phase2": {"epochs": 2, "lr": 1e-2, "freeze_batchnorm": False}}
+    raw = copy.deepcopy(raw)  # changes must not reach the shared TINY_MODEL / LIGHT_AUG tables
     for key, value in changes.items():
         table, _, field = key.rpartition(".")
         target = raw
