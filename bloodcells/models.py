@@ -292,12 +292,16 @@ def load_exported(folder):
     do not fit the network described by model.json are a UserError."""
     spec, weights = read_export(folder)
     net = shipped_model_module().build_network(spec)
+    _load_weights_file(net, weights)
+    return net, spec
+
+
+def _load_weights_file(net, weights) -> None:
     try:
         net.load_weights(str(weights))
     except Exception as exc:  # Keras raises several types for a mismatched file
         raise UserError(f"{weights}: weights: do not fit the network in model.json "
                         f"({' '.join(str(exc).split())[:160]})") from None
-    return net, spec
 
 
 # the model.json fields that decide the network (and so whether weights fit it)
@@ -313,11 +317,7 @@ def load_into(net, spec: dict, folder) -> None:
         if other.get(key) != spec.get(key):
             raise UserError(f"{Path(folder) / 'model.json'}: {key}: {other.get(key)!r}; expected the config's "
                             f"{spec.get(key)!r} (model.init_from must be the same network)")
-    try:
-        net.load_weights(str(weights))
-    except Exception as exc:  # Keras raises several types for a mismatched file
-        raise UserError(f"{weights}: weights: do not fit the network in model.json "
-                        f"({' '.join(str(exc).split())[:160]})") from None
+    _load_weights_file(net, weights)
 
 
 # -- fetching ImageNet weights ahead (a connected machine; the file then works offline) ------

@@ -302,3 +302,17 @@ def test_export_holds_the_network_alone_not_the_optimizer_state(tmp_path):
     rebuilt, _ = models.load_exported(folder)
     probe = _images(8).astype(np.float32)
     np.testing.assert_allclose(rebuilt.predict(probe, verbose=0), net.predict(probe, verbose=0), atol=1e-6)
+
+
+def test_weights_that_do_not_fit_the_network_are_one_line_naming_the_file(tmp_path):
+    """Both readers of an export (load_exported, and load_into for model.init_from) say
+    which weights file does not fit, instead of Keras's traceback."""
+    spec = models.make_spec(TINY, name="tiny")
+    folder = models.export(models.build(spec, "none"), spec, tmp_path / "export")
+    other = models.build({**spec, "backbone_options": {**spec["backbone_options"], "widths": [8, 8]}}, "none")
+    other.save_weights(str(folder / "model.weights.h5"))
+    weights = folder / "model.weights.h5"
+    with pytest.raises(UserError, match=rf"^{weights}: weights: do not fit the network in model.json \("):
+        models.load_exported(folder)
+    with pytest.raises(UserError, match=rf"^{weights}: weights: do not fit the network in model.json \("):
+        models.load_into(models.build(spec, "none"), models.read_export(folder)[0], folder)
