@@ -210,6 +210,8 @@ class RandomAugMix(SeededLayer):
         self.rotation = L.RandomRotation(30.0 * s / 360.0, fill_mode="reflect", seed=sub(1))
         self.shear = L.RandomShear(x_factor=0.3 * s, y_factor=0.3 * s, fill_mode="reflect", seed=sub(2))
         self.translation = L.RandomTranslation(s / 3.0, s / 3.0, fill_mode="reflect", seed=sub(3))
+        # the paper's threshold 256 - 256 u, u uniform in [0.01, severity]
+        self.solarization = RandomSolarize(((256.0 - 256.0 * s) / 255.0, (256.0 - 2.56) / 255.0), seed=sub(4))
 
     def _auto_contrast(self, x):
         low = ops.min(x, axis=(1, 2), keepdims=True)
@@ -224,10 +226,6 @@ class RandomAugMix(SeededLayer):
         step = ops.power(2.0, 8.0 - ops.clip(bits, 1.0, 8.0))
         return ops.floor(ops.clip(x, 0.0, 255.0) / step) * step
 
-    def _solarize(self, x):
-        threshold = 256.0 - 256.0 * self.per_image(x, 0.01, max(self.severity, 0.01 + 1e-6))
-        return ops.where(x < threshold, x, 255.0 - x)
-
     def _op(self, k, x):
         name = self.OPS[k]
         if name == "auto_contrast":
@@ -236,9 +234,8 @@ class RandomAugMix(SeededLayer):
             return self.equalization(x)
         if name == "posterize":
             return self._posterize(x)
-        if name == "solarize":
-            return self._solarize(x)
-        layer = {"rotate": self.rotation, "shear": self.shear, "translate": self.translation}[name]
+        layer = {"solarize": self.solarization, "rotate": self.rotation, "shear": self.shear,
+                 "translate": self.translation}[name]
         return layer(x, training=True)
 
     def _apply_chosen(self, images, choice):

@@ -258,6 +258,20 @@ def test_augmix_draws_its_operations_per_image_in_a_traced_graph():
     assert change.min() < 3.0 < change.max()
 
 
+def test_augmix_solarises_above_the_papers_threshold_at_its_severity():
+    """Severity 0.3 is the paper's level 3: thresholds 256 - 256 u, u in [0.01, 0.3],
+    i.e. in [179.2, 253.44]: a pixel of 178 is never inverted, one of 254 always."""
+    from bloodcells.augment_layers import RandomAugMix
+
+    layer = RandomAugMix(0.3, seed=7)
+    solarize = layer.OPS.index("solarize")
+    for value, expected in ((178.0, 178.0), (254.0, 1.0)):
+        out = np.asarray(layer._op(solarize, np.full((256, 4, 4, 3), value, np.float32)))
+        np.testing.assert_array_equal(out, expected)
+    between = np.asarray(layer._op(solarize, np.full((256, 4, 4, 3), 216.0, np.float32)))[:, 0, 0, 0]
+    assert 0.2 < np.mean(between == 39.0) < 0.8 and set(np.unique(between)) == {39.0, 216.0}
+
+
 def test_augmix_views_follow_each_image_and_leave_its_own_row_unchanged(batch):
     """With augmix_views k every image's row is followed by k AugMix views of it with
     its label (and weight); the images' own rows equal the stream without views; the
@@ -268,6 +282,7 @@ def test_augmix_views_follow_each_image_and_leave_its_own_row_unchanged(batch):
     plain = augment.TrainingStream(images, labels, opts, seed=2, batch_size=3, weights=weights)
     viewed = augment.TrainingStream(images, labels, {**opts, "augmix_views": 2}, seed=2, batch_size=3,
                                     weights=weights)
+    changes = []
     for (x, y, w), (xv, yv, wv) in zip(plain.epoch(1), viewed.epoch(1)):
         x, y, xv, yv = (np.asarray(t) for t in (x, y, xv, yv))
         assert xv.shape == (3 * len(x), *x.shape[1:])
@@ -276,8 +291,10 @@ def test_augmix_views_follow_each_image_and_leave_its_own_row_unchanged(batch):
         np.testing.assert_array_equal(np.asarray(wv), np.repeat(np.asarray(w), 3))
         assert xv.min() >= 0 and xv.max() <= 255
         for k in (1, 2):
-            assert (np.abs(xv[k::3] - x).reshape(len(x), -1).max(axis=1) > 1.0).all()
+            changes.extend(np.abs(xv[k::3] - x).reshape(len(x), -1).max(axis=1))
         assert not np.array_equal(xv[1::3], xv[2::3])
+    # a view is the image blended with its mix by a Beta(1, 1) weight: a few land near it
+    assert np.mean(np.array(changes) > 1.0) > 0.6, np.round(changes, 2)
     def rows(epoch):
         return np.concatenate([np.asarray(b[0]) for b in viewed.epoch(epoch)])
 
