@@ -55,6 +55,7 @@ DEFAULTS = {
                                   # train.consistency_weight's Jensen-Shannon loss (k + 1 rows each)
     "blur_prob": 0.0,             # RandomGaussianBlur
     "blur_sigma": 1.5,
+    "blur_kernel": 5,             # kernel side in px (odd); 5 truncates a sigma above ~1.2
     "noise_prob": 0.0,            # additive Gaussian noise, std up to noise_std (0-255 scale)
     "noise_std": 12.0,
     "erasing_prob": 0.0,          # RandomErasing (cutout-style patches)
@@ -200,7 +201,8 @@ class Augmenter:
         add(lambda: LazyRandAugment(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
                                     seed=self._next_seed()), "randaugment_prob")
         add(lambda: RandomAugMix(o["augmix_severity"], seed=self._next_seed()), "augmix_prob")
-        add(lambda: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=5, sigma=(0.3, float(o["blur_sigma"])),
+        add(lambda: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=int(o["blur_kernel"]),
+                                         sigma=(0.3, float(o["blur_sigma"])),
                                          value_range=(0, 255), seed=self._next_seed()), "blur_prob")
         add(lambda: RandomGaussianNoise(o["noise_std"], seed=self._next_seed()), "noise_prob")
         add(lambda: RandomSolarize(tuple(o["solarize_threshold"]), seed=self._next_seed()), "solarize_prob")

@@ -178,6 +178,9 @@ def resolve_config(raw: dict, source: str = "config", overrides: dict | None = N
                if profile == "second_opinion" else "")
         raise UserError(f"{source}: shift.profile: '{profile}' {why}expected one of {', '.join(TRAINING_PROFILES)}")
     _check_consistency(typed, source)
+    kernel = typed.augment["blur_kernel"]
+    if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 3 or kernel % 2 == 0:
+        raise UserError(f"{source}: augment.blur_kernel: {kernel!r}; expected an odd integer >= 3")
     alpha = typed.train.focal_alpha
     if isinstance(alpha, list) and len(alpha) != NUM_CLASSES:
         raise UserError(f"{source}: train.focal_alpha: {len(alpha)} values; expected a number or "

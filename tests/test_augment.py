@@ -65,6 +65,21 @@ def test_each_augmentation_changes_images_and_keeps_range_and_labels(batch, name
     np.testing.assert_array_equal(y, np.eye(8)[labels])
 
 
+def test_a_wider_blur_kernel_spreads_a_point_further():
+    """blur_kernel 5 truncates a wide Gaussian at two pixels from the centre; 13 does not."""
+    images = np.zeros((8, 32, 32, 3), np.uint8)
+    images[:, 16, 16] = 255
+    labels = np.zeros(8, np.int64)
+    reach = {}
+    for kernel in (5, 13):
+        x, _ = _stream(images, labels, {**OFF, "blur_prob": 1.0, "blur_sigma": 3.0, "blur_kernel": kernel},
+                       batch_size=8)
+        lit = np.argwhere(x[..., 0] > 0)
+        reach[kernel] = int(np.abs(lit[:, 1:] - 16).max())
+    assert reach[5] == 2
+    assert reach[13] >= 5
+
+
 def test_disabled_and_zero_probability_are_identity(batch):
     images, labels = batch
     order = np.arange(len(labels))

@@ -220,6 +220,13 @@ def test_augmix_views_and_consistency_weight_come_together():
         tiny_config(**{"augment.augmix_views": -1})
 
 
+def test_blur_kernel_must_be_an_odd_integer():
+    assert tiny_config(**{"augment.blur_kernel": 13}).augment["blur_kernel"] == 13
+    for bad in (4, 1, 5.0, "7"):
+        with pytest.raises(UserError, match=rf"test: augment.blur_kernel: {bad!r}; expected an odd integer >= 3"):
+            tiny_config(**{"augment.blur_kernel": bad})
+
+
 def test_a_run_with_augmix_views_trains_validates_and_exports(tmp_path, data_file):
     """The consistency loss end to end: the stream's triples, the loss, validation on
     plain images and an export that predicts single images."""
