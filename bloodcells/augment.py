@@ -43,6 +43,8 @@ DEFAULTS = {
     "stain_prob": 0.0,
     "gamma": 0.0,                 # log-gamma jitter range, e.g. 0.3 -> gamma in [0.74, 1.35]
     "gamma_prob": 0.0,
+    "field_prob": 0.0,            # a random smooth (low-frequency) field added: light and colour
+    "field_amplitude": 40.0,      # its standard deviation, drawn per image up to this (0-255 scale)
     "grayscale_prob": 0.0,
     "channel_mix": 1.0,           # max blend towards a channel permutation
     "channel_mix_prob": 0.0,
@@ -160,8 +162,8 @@ class Augmenter:
         import keras
 
         from .augment_layers import (LazyRandAugment, RandomAffine, RandomAugMix, RandomChannelMix, RandomGamma,
-                                     RandomGaussianNoise, RandomJpeg, RandomResolution, RandomRot90, RandomSolarize,
-                                     RandomStain,
+                                     RandomGaussianNoise, RandomJpeg, RandomResolution, RandomRot90, RandomSmoothField,
+                                     RandomSolarize, RandomStain,
                                      WithProbability)
 
         L = keras.layers
@@ -196,6 +198,7 @@ class Augmenter:
             add(lambda: RandomStain(o["stain"], seed=self._next_seed()), "stain_prob")
         if o["gamma"]:
             add(lambda: RandomGamma(o["gamma"], seed=self._next_seed()), "gamma_prob")
+        add(lambda: RandomSmoothField(o["field_amplitude"], seed=self._next_seed()), "field_prob")
         add(lambda: L.RandomGrayscale(factor=1.0, seed=self._next_seed()), "grayscale_prob")
         add(lambda: RandomChannelMix(o["channel_mix"], seed=self._next_seed()), "channel_mix_prob")
         add(lambda: LazyRandAugment(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),

@@ -186,6 +186,37 @@ class RandomResolution(SeededLayer):
                        lambda: tf.image.resize(down, size, method="bilinear"))
 
 
+class RandomSmoothField(SeededLayer):
+    """Add a random smooth field: Gaussian noise drawn on coarse grids (2, 4 and 8 cells a
+    side), resized bilinearly to the image and summed with random weights per image, part
+    shared by the channels (light) and part per channel (colour, `colour` of the light
+    part's weight). The field is scaled to a standard deviation drawn per image in
+    [0, amplitude] (0-255 scale): uneven illumination, haze, glare and uneven staining
+    are changes of this kind, and training on noise, blur and compression alone leaves a
+    model fragile to low-frequency changes (Yin et al., NeurIPS 2019, "A Fourier
+    perspective on model robustness")."""
+
+    GRIDS = (2, 4, 8)
+
+    def __init__(self, amplitude=40.0, colour=0.5, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.amplitude, self.colour = float(amplitude), float(colour)
+
+    def call(self, images):
+        shape = tf.shape(images)
+        n, size = shape[0], shape[1:3]
+        weights = keras.random.uniform((n, len(self.GRIDS)), seed=self.generator)
+        field = 0.0
+        for k, grid in enumerate(self.GRIDS):
+            coarse = keras.random.normal((n, grid, grid, 4), seed=self.generator)
+            fine = tf.image.resize(coarse, size, method="bilinear")
+            field += fine * ops.reshape(weights[:, k], (-1, 1, 1, 1))
+        field = field[..., :1] + self.colour * field[..., 1:]
+        field = field - ops.mean(field, axis=(1, 2, 3), keepdims=True)
+        field = field / ops.sqrt(ops.mean(ops.square(field), axis=(1, 2, 3), keepdims=True) + 1e-6)
+        return images + field * self.per_image(images, 0.0, self.amplitude)
+
+
 class RandomAugMix(SeededLayer):
     """AugMix (Hendrycks et al., ICLR 2020) with every choice drawn per image, in-graph:
     `chains` chains of 1 to `depth` operations, each picked uniformly from auto-contrast,

@@ -30,6 +30,7 @@ SINGLE = {
     "stain": {"stain": 0.3, "stain_prob": 1.0},
     "gamma": {"gamma": 0.5, "gamma_prob": 1.0},
     "grayscale": {"grayscale_prob": 1.0},
+    "field": {"field_prob": 1.0, "field_amplitude": 40.0},
     "channel_mix": {"channel_mix": 1.0, "channel_mix_prob": 1.0},
     "randaugment": {"randaugment_prob": 1.0, "randaugment_num_ops": 2, "randaugment_factor": 0.8},
     "augmix": {"augmix_prob": 1.0},
@@ -78,6 +79,21 @@ def test_a_wider_blur_kernel_spreads_a_point_further():
         reach[kernel] = int(np.abs(lit[:, 1:] - 16).max())
     assert reach[5] == 2
     assert reach[13] >= 5
+
+
+def test_smooth_field_is_low_frequency_within_its_amplitude_and_coloured():
+    images = np.full((16, 96, 96, 3), 128, np.uint8)
+    labels = np.zeros(16, np.int64)
+    x, _ = _stream(images, labels, {**OFF, "field_prob": 1.0, "field_amplitude": 30.0}, batch_size=16)
+    field = x - 128.0
+    std = field.reshape(16, -1).std(axis=1)
+    assert (std <= 30.0 + 1e-3).all() and (std > 1.0).sum() >= 12
+    # neighbouring pixels nearly agree (noise of the same std would differ by ~1.4 std)
+    step = np.concatenate([np.diff(field, axis=1).ravel(), np.diff(field, axis=2).ravel()]).std()
+    assert step < 0.2 * field.std()
+    # the channels differ (a colour part), yet move together (a shared light part)
+    r, g = field[..., 0].ravel(), field[..., 1].ravel()
+    assert np.abs(r - g).max() > 1.0 and np.corrcoef(r, g)[0, 1] > 0.5
 
 
 def test_disabled_and_zero_probability_are_identity(batch):
