@@ -197,10 +197,7 @@ def evaluate_profile(zip_path, data, profile, args, common) -> dict:
     correct = predictions == data.labels
     all_plans = [p for name in names for p in plans[name]]
     if any(all_plans):
-        table = family_severity_accuracy(correct.ravel(), all_plans)
-        metrics["families"] = {f: {"all": table[(f, None)]} | {s: table[(f, s)] for s in corruptions.SEVERITIES
-                                                               if (f, s) in table}
-                               for f in corruptions.FAMILIES if (f, None) in table}
+        metrics["families"] = family_table(correct.ravel(), all_plans, profile)
         metrics["accuracy_by_ops"] = {str(k): v for k, v in sorted(_by_count(correct.ravel(), all_plans).items())}
     proba = result.probabilities.get(first)
     confidence = proba.max(axis=1) if proba is not None else None
@@ -231,6 +228,14 @@ def evaluate_profile(zip_path, data, profile, args, common) -> dict:
     if result.message:
         print(f"{profile}: note: {result.message}")
     return metrics
+
+
+def family_table(correct, plans, profile: str) -> dict:
+    """family -> {"all": (accuracy, n), severity: (accuracy, n)} over the images each of the
+    profile's families touched (its own families: the second opinion's are not ours)."""
+    table = family_severity_accuracy(correct, plans)
+    return {f: {"all": table[(f, None)]} | {s: table[(f, s)] for s in corruptions.SEVERITIES if (f, s) in table}
+            for f in shift.families(profile) if (f, None) in table}
 
 
 def describe_estimate(m: dict) -> str:

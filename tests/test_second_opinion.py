@@ -84,6 +84,20 @@ def test_plan_and_describe_say_what_ran():
         second_opinion.corrupt(IMAGES, "fog", 6)
 
 
+def test_the_family_table_counts_every_second_opinion_family():
+    """The per-family table of an evaluation names the profile's own families: it used to
+    keep only the names the second opinion shares with ours (jpeg, gamma)."""
+    plans = [shift.plan(i, "second_opinion", seed=1) for i in range(60)]
+    correct = np.random.default_rng(0).random(60) < 0.7
+    table = evaluate.family_table(correct, plans, "second_opinion")
+    used = {f for steps in plans for f, _ in steps}
+    assert set(table) == used and len(used) > 10
+    for family, cells in table.items():
+        touched = [i for i, steps in enumerate(plans) if family in dict(steps)]
+        assert cells["all"] == (pytest.approx(correct[touched].mean()), len(touched))
+        assert sum(n for s, (_, n) in cells.items() if s != "all") == len(touched)
+
+
 def test_cache_is_written_reused_and_keyed_on_code_and_library_version(tmp_path, monkeypatch):
     images = cell_images(4, seed=8)
     sha = evaluate.data_fingerprint(images, np.zeros(4))
