@@ -45,6 +45,8 @@ DEFAULTS = {
     "gamma_prob": 0.0,
     "field_prob": 0.0,            # a random smooth (low-frequency) field added: light and colour
     "field_amplitude": 40.0,      # its standard deviation, drawn per image up to this (0-255 scale)
+    "overlay_prob": 0.0,          # part of the image blended towards a flat colour (smooth mask)
+    "overlay_opacity": 0.8,       # the blend's largest weight, drawn per image up to this
     "grayscale_prob": 0.0,
     "channel_mix": 1.0,           # max blend towards a channel permutation
     "channel_mix_prob": 0.0,
@@ -162,7 +164,8 @@ class Augmenter:
         import keras
 
         from .augment_layers import (LazyRandAugment, RandomAffine, RandomAugMix, RandomChannelMix, RandomGamma,
-                                     RandomGaussianNoise, RandomJpeg, RandomResolution, RandomRot90, RandomSmoothField,
+                                     RandomGaussianNoise, RandomJpeg, RandomOverlay, RandomResolution, RandomRot90,
+                                     RandomSmoothField,
                                      RandomSolarize, RandomStain,
                                      WithProbability)
 
@@ -199,6 +202,7 @@ class Augmenter:
         if o["gamma"]:
             add(lambda: RandomGamma(o["gamma"], seed=self._next_seed()), "gamma_prob")
         add(lambda: RandomSmoothField(o["field_amplitude"], seed=self._next_seed()), "field_prob")
+        add(lambda: RandomOverlay(o["overlay_opacity"], seed=self._next_seed()), "overlay_prob")
         add(lambda: L.RandomGrayscale(factor=1.0, seed=self._next_seed()), "grayscale_prob")
         add(lambda: RandomChannelMix(o["channel_mix"], seed=self._next_seed()), "channel_mix_prob")
         add(lambda: LazyRandAugment(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),

@@ -217,6 +217,41 @@ class RandomSmoothField(SeededLayer):
         return images + field * self.per_image(images, 0.0, self.amplitude)
 
 
+class RandomOverlay(SeededLayer):
+    """Blend part of each image towards a flat colour through a random smooth mask: haze,
+    glare, bubbles, stain deposits, drops and dropout patches all hide part of the cell behind
+    something of one colour. The mask is Gaussian noise on coarse grids (3 to 24 cells a side,
+    random weights per image, so blobs from a quarter of the image down to a few pixels),
+    resized bilinearly, standardised and passed through a sigmoid with a random threshold
+    (coverage) and sharpness (soft haze to hard-edged patches). The colour is one per image,
+    mostly light (fog, glare) and sometimes dark, with a small tint; the opacity is drawn per
+    image up to `opacity`."""
+
+    GRIDS = (3, 6, 12, 24)
+
+    def __init__(self, opacity=0.8, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.opacity = float(opacity)
+
+    def call(self, images):
+        shape = tf.shape(images)
+        n, size = shape[0], shape[1:3]
+        # squared weights: usually one scale dominates, so the blobs have a size
+        weights = ops.square(keras.random.uniform((n, len(self.GRIDS)), seed=self.generator))
+        mask = 0.0
+        for k, grid in enumerate(self.GRIDS):
+            coarse = keras.random.normal((n, grid, grid, 1), seed=self.generator)
+            mask += tf.image.resize(coarse, size, method="bilinear") * ops.reshape(weights[:, k], (-1, 1, 1, 1))
+        mask = mask - ops.mean(mask, axis=(1, 2, 3), keepdims=True)
+        mask = mask / ops.sqrt(ops.mean(ops.square(mask), axis=(1, 2, 3), keepdims=True) + 1e-6)
+        threshold = self.per_image(images, -0.5, 1.5)          # ~70 % down to ~7 % covered
+        sharpness = self.per_image(images, 1.0, 10.0)
+        alpha = ops.sigmoid((mask - threshold) * sharpness) * self.per_image(images, 0.0, self.opacity)
+        level = 255.0 * ops.sqrt(self.per_image(images, 0.0, 1.0))  # leans light
+        colour = level + self.per_image(images, -30.0, 30.0, channels=3)
+        return images * (1.0 - alpha) + colour * alpha
+
+
 class RandomAugMix(SeededLayer):
     """AugMix (Hendrycks et al., ICLR 2020) with every choice drawn per image, in-graph:
     `chains` chains of 1 to `depth` operations, each picked uniformly from auto-contrast,

@@ -181,6 +181,9 @@ def resolve_config(raw: dict, source: str = "config", overrides: dict | None = N
     kernel = typed.augment["blur_kernel"]
     if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 3 or kernel % 2 == 0:
         raise UserError(f"{source}: augment.blur_kernel: {kernel!r}; expected an odd integer >= 3")
+    opacity = typed.augment["overlay_opacity"]
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
+        raise UserError(f"{source}: augment.overlay_opacity: {opacity!r}; expected a number in [0, 1]")
     alpha = typed.train.focal_alpha
     if isinstance(alpha, list) and len(alpha) != NUM_CLASSES:
         raise UserError(f"{source}: train.focal_alpha: {len(alpha)} values; expected a number or "

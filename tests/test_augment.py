@@ -31,6 +31,7 @@ SINGLE = {
     "gamma": {"gamma": 0.5, "gamma_prob": 1.0},
     "grayscale": {"grayscale_prob": 1.0},
     "field": {"field_prob": 1.0, "field_amplitude": 40.0},
+    "overlay": {"overlay_prob": 1.0, "overlay_opacity": 0.8},
     "channel_mix": {"channel_mix": 1.0, "channel_mix_prob": 1.0},
     "randaugment": {"randaugment_prob": 1.0, "randaugment_num_ops": 2, "randaugment_factor": 0.8},
     "augmix": {"augmix_prob": 1.0},
@@ -94,6 +95,23 @@ def test_smooth_field_is_low_frequency_within_its_amplitude_and_coloured():
     # the channels differ (a colour part), yet move together (a shared light part)
     r, g = field[..., 0].ravel(), field[..., 1].ravel()
     assert np.abs(r - g).max() > 1.0 and np.corrcoef(r, g)[0, 1] > 0.5
+
+
+def test_overlay_blends_part_of_each_image_towards_one_flat_colour():
+    images = np.full((16, 96, 96, 3), 128, np.uint8)
+    labels = np.zeros(16, np.int64)
+    x, _ = _stream(images, labels, {**OFF, "overlay_prob": 1.0, "overlay_opacity": 0.8}, batch_size=16)
+    partial = 0
+    for shift in (x - 128.0).reshape(16, -1, 3):
+        norm = np.linalg.norm(shift, axis=1)
+        if norm.max() < 5.0:
+            continue  # opacity drawn near 0
+        # one colour per image: every pixel moved along the same direction, by its own amount
+        direction = shift[norm.argmax()] / norm.max()
+        assert np.abs(shift - np.outer(shift @ direction, direction)).max() < 1.0
+        # and the mask covers part of the image, not all of it evenly
+        partial += np.percentile(norm, 10) < 0.5 * norm.max()
+    assert partial >= 10
 
 
 def test_disabled_and_zero_probability_are_identity(batch):

@@ -227,6 +227,13 @@ def test_blur_kernel_must_be_an_odd_integer():
             tiny_config(**{"augment.blur_kernel": bad})
 
 
+def test_overlay_opacity_must_be_a_fraction():
+    assert tiny_config(**{"augment.overlay_opacity": 0.5}).augment["overlay_opacity"] == 0.5
+    for bad in (-0.1, 1.5, "0.5", True):
+        with pytest.raises(UserError, match=rf"test: augment.overlay_opacity: {bad!r}; expected a number in \[0, 1\]"):
+            tiny_config(**{"augment.overlay_opacity": bad})
+
+
 def test_a_run_with_augmix_views_trains_validates_and_exports(tmp_path, data_file):
     """The consistency loss end to end: the stream's triples, the loss, validation on
     plain images and an export that predicts single images."""
