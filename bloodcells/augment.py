@@ -165,9 +165,7 @@ class Augmenter:
 
         from .augment_layers import (LazyRandAugment, RandomAffine, RandomAugMix, RandomChannelMix, RandomGamma,
                                      RandomGaussianNoise, RandomJpeg, RandomOverlay, RandomResolution, RandomRot90,
-                                     RandomSmoothField,
-                                     RandomSolarize, RandomStain,
-                                     WithProbability)
+                                     RandomSmoothField, RandomSolarize, RandomStain, WithProbability)
 
         L = keras.layers
         o = self.options

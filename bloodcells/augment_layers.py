@@ -186,6 +186,22 @@ class RandomResolution(SeededLayer):
                        lambda: tf.image.resize(down, size, method="bilinear"))
 
 
+def smooth_noise(generator, n, size, grids, channels, weights):
+    """Gaussian noise drawn on each coarse grid (cells a side), resized bilinearly to `size`
+    and summed with per-image `weights` (n, len(grids)): a random low-frequency pattern."""
+    total = 0.0
+    for k, grid in enumerate(grids):
+        coarse = keras.random.normal((n, grid, grid, channels), seed=generator)
+        total += tf.image.resize(coarse, size, method="bilinear") * ops.reshape(weights[:, k], (-1, 1, 1, 1))
+    return total
+
+
+def standardised(x):
+    """Each image's values shifted and scaled to mean 0 and standard deviation 1."""
+    x = x - ops.mean(x, axis=(1, 2, 3), keepdims=True)
+    return x / ops.sqrt(ops.mean(ops.square(x), axis=(1, 2, 3), keepdims=True) + 1e-6)
+
+
 class RandomSmoothField(SeededLayer):
     """Add a random smooth field: Gaussian noise drawn on coarse grids (2, 4 and 8 cells a
     side), resized bilinearly to the image and summed with random weights per image, part
@@ -206,14 +222,8 @@ class RandomSmoothField(SeededLayer):
         shape = tf.shape(images)
         n, size = shape[0], shape[1:3]
         weights = keras.random.uniform((n, len(self.GRIDS)), seed=self.generator)
-        field = 0.0
-        for k, grid in enumerate(self.GRIDS):
-            coarse = keras.random.normal((n, grid, grid, 4), seed=self.generator)
-            fine = tf.image.resize(coarse, size, method="bilinear")
-            field += fine * ops.reshape(weights[:, k], (-1, 1, 1, 1))
-        field = field[..., :1] + self.colour * field[..., 1:]
-        field = field - ops.mean(field, axis=(1, 2, 3), keepdims=True)
-        field = field / ops.sqrt(ops.mean(ops.square(field), axis=(1, 2, 3), keepdims=True) + 1e-6)
+        field = smooth_noise(self.generator, n, size, self.GRIDS, 4, weights)
+        field = standardised(field[..., :1] + self.colour * field[..., 1:])
         return images + field * self.per_image(images, 0.0, self.amplitude)
 
 
@@ -238,12 +248,7 @@ class RandomOverlay(SeededLayer):
         n, size = shape[0], shape[1:3]
         # squared weights: usually one scale dominates, so the blobs have a size
         weights = ops.square(keras.random.uniform((n, len(self.GRIDS)), seed=self.generator))
-        mask = 0.0
-        for k, grid in enumerate(self.GRIDS):
-            coarse = keras.random.normal((n, grid, grid, 1), seed=self.generator)
-            mask += tf.image.resize(coarse, size, method="bilinear") * ops.reshape(weights[:, k], (-1, 1, 1, 1))
-        mask = mask - ops.mean(mask, axis=(1, 2, 3), keepdims=True)
-        mask = mask / ops.sqrt(ops.mean(ops.square(mask), axis=(1, 2, 3), keepdims=True) + 1e-6)
+        mask = standardised(smooth_noise(self.generator, n, size, self.GRIDS, 1, weights))
         threshold = self.per_image(images, -0.5, 1.5)          # ~70 % down to ~7 % covered
         sharpness = self.per_image(images, 1.0, 10.0)
         alpha = ops.sigmoid((mask - threshold) * sharpness) * self.per_image(images, 0.0, self.opacity)
