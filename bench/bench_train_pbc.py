@@ -47,13 +47,16 @@ def main() -> int:
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--config", default=str(REPO / "configs" / "cpu.toml"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_cpu_pbc"))
-    parser.add_argument("--export", default=str(REPO / "weights" / "bench_cpu_pbc"))
+    parser.add_argument("--export", nargs="+", default=[str(REPO / "weights" / "bench_cpu_pbc")],
+                        help="export folder; with --skip-train several folders are scored as one ensemble")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None, help="training seed (override the config's)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate an existing --export only")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--eval-args", default="", help="extra local_eval.py arguments, e.g. '--seeds 1 2 3'")
     args = parser.parse_args()
+    if len(args.export) > 1 and not args.skip_train:
+        parser.error("--export: one folder to train into (several only with --skip-train, as an ensemble)")
     data = Path(args.data)
     if not data.is_file():
         print(f"skip: real data not found at {data} (set BLOODCELLS_PBC)")
@@ -63,7 +66,7 @@ def main() -> int:
         train_file = train_split_only(data, REPO / "build" / "bench_pbc" / "train_split.npz")
         shutil.rmtree(args.out, ignore_errors=True)
         command = [sys.executable, "-m", "bloodcells.train", "--config", args.config, "--data", str(train_file),
-                   "--out", args.out, "--export", args.export]
+                   "--out", args.out, "--export", args.export[0]]
         if args.epochs is not None:
             command += ["--epochs", str(args.epochs)]
         if args.seed is not None:
@@ -83,7 +86,7 @@ def main() -> int:
         return 0
     # The untouched test: the dev val split, through the shipped model.py in a fresh process.
     zips = REPO / "build" / "bench_pbc"
-    built = subprocess.run([sys.executable, "build_submission.py", "--weights", args.export, "--out", str(zips)],
+    built = subprocess.run([sys.executable, "build_submission.py", "--weights", *args.export, "--out", str(zips)],
                            check=True, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True).stdout
     zip_path = built.strip().splitlines()[-1]
     command = [sys.executable, "local_eval.py", zip_path, "--data", str(data), "--split", "val",
