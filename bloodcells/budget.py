@@ -18,7 +18,6 @@ JSON ("tta" views and a "budget" record) and the manifest. Cost per view is line
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +135,7 @@ def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int
     probe = probe_images(images, seed=7)
     progress = Progress(len(weights_dirs), "measuring each member's speed (one view)")
     rates = []
-    with tempfile.TemporaryDirectory(prefix="bloodcells_budget_") as tmp:
+    with sandbox.temporary_folder("budget") as tmp:
         for i, src in enumerate(weights_dirs):
             folder = Path(tmp) / f"member{i}"
             stage([src], folder, tta=1)

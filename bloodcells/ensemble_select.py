@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import sandbox
 from .cli import UserError
 
 
@@ -133,7 +133,7 @@ def measure(weights_dirs, images, labels, stage_kwargs: dict, half: bool = False
 
     candidates = {}
     for k, src in enumerate(weights_dirs):
-        with tempfile.TemporaryDirectory(prefix="bloodcells_select_") as tmp:
+        with sandbox.temporary_folder("select") as tmp:
             folder = Path(tmp) / "member"
             manifest = stage([src], folder, half=half, **stage_kwargs)
             member = manifest["models"][0]["name"]

@@ -13,7 +13,6 @@ crashes or runs past the time limit fails here as it would on the server.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -129,8 +128,8 @@ def run_submission(zip_path, sets: dict, time_limit: float = DEFAULT_TIME_LIMIT,
     for name in sets:
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"set name '{name}' must be letters, digits, '-' or '_'")
-    with tempfile.TemporaryDirectory(prefix="ingestion_", dir=workdir) as tmp:
-        folder = Path(tmp) / "submission"
+    with sandbox.temporary_folder("ingestion", parent=workdir) as tmp:
+        folder = tmp / "submission"
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(folder)
         # predict_proba is extra work the server never does: it gets as long as predict

@@ -10,6 +10,13 @@ the process group is killed. Its output goes to a log; its status (a JSON dict) 
 numpy arrays come back through files written atomically (temporary file + os.replace), so
 a killed process never leaves a half-written result.
 
+Nothing outlives the caller: the job runs under a small launcher (LAUNCHER) that is the
+leader of the job's process group and watches a pipe from the caller. When the caller
+dies, however it dies (SIGKILL included), the pipe closes and the launcher kills the whole
+group; on Linux the kernel also signals the launcher (PR_SET_PDEATHSIG). Temporary folders
+live under one folder per user (temp_root()), named after the process that owns them, and
+every run first removes the folders whose owner is gone.
+
 A job is the body of a function (a string) run after PRELUDE, which gives it:
   SUBMISSION          the submission folder (first on sys.path)
   PARAMS              the caller's JSON parameters
@@ -25,8 +32,10 @@ interpreter may have only the server's libraries (TF 2.17 / Keras 3.4.1 / numpy<
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -99,6 +108,46 @@ except BaseException as exc:
     sys.exit(1)
 '''
 
+# The job's parent: the leader of the job's process group, standard library only. It
+# starts the job, waits for it and exits with its status; when the pipe from the caller
+# closes (the caller died) or the kernel reports the caller's death, it kills the group.
+LAUNCHER = r'''
+import os, select, signal, subprocess, sys
+caller, watch_fd, start_error_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+command = sys.argv[4:]
+
+
+def kill_group(*_):
+    os.killpg(0, signal.SIGKILL)
+
+
+for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signal.signal(sig, kill_group)
+if sys.platform.startswith("linux"):
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass  # the pipe still watches the caller
+if os.getppid() != caller:  # the caller died before the watch was set up
+    kill_group()
+try:
+    job = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+except OSError as exc:
+    with open(start_error_file, "w") as fh:
+        fh.write(str(exc))
+    sys.exit(127)
+while job.poll() is None:
+    readable, _, _ = select.select([watch_fd], [], [], 0.05)
+    if readable and not os.read(watch_fd, 1):  # end of file: the caller is gone
+        kill_group()
+code = job.returncode
+if code < 0:  # killed by a signal: end the same way, so the caller sees it
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+'''
+
 WATCHED = ("submission folder", "working directory")
 
 
@@ -136,8 +185,7 @@ def run(submission_folder, job: str, inputs: dict | None = None, *, python: str 
     every `wait_every` seconds while the job runs."""
     start = time.monotonic() if started_at is None else started_at
     folder = Path(submission_folder).resolve()
-    root = Path(tempfile.mkdtemp(prefix="bloodcells_sandbox_", dir=workdir))
-    try:
+    with temporary_folder("sandbox", parent=workdir) as root:
         cwd, io = root / "program", root / "io"
         cwd.mkdir()
         io.mkdir()
@@ -160,8 +208,6 @@ def run(submission_folder, job: str, inputs: dict | None = None, *, python: str 
         result.changed = dict(zip(WATCHED, (
             sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)), sorted(snapshot(cwd)))))
         return result
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait(command, cwd, io, log_file, start, time_limit, overtime, on_wait, wait_every) -> SandboxResult:
@@ -169,46 +215,122 @@ def _wait(command, cwd, io, log_file, start, time_limit, overtime, on_wait, wait
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1", PYTHONUNBUFFERED="1")
     result = SandboxResult({})
-    with open(log_file, "wb") as log:
-        try:
-            process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            result.start_error = str(exc)
-            return result
-        try:
-            deadline = start + time_limit
-            next_notice = start + wait_every
-            while process.poll() is None:
-                now = time.monotonic()
-                if on_wait and now >= next_notice:
-                    next_notice = now + wait_every
-                    on_wait(now - start, _read_json(io / "status.json").get("stage"))
-                if not result.required_done and (io / "required_done").exists():
-                    result.required_done = True
-                    if overtime is not None:
-                        deadline = max(deadline, now + overtime(now - start))
-                if now > deadline:
-                    result.timed_out = True
-                    _kill(process)
-                    break
-                time.sleep(0.05)
-        except BaseException:
-            _kill(process)
-            raise
+    launcher, start_error = io / "launcher.py", io / "start_error.txt"
+    launcher.write_text(LAUNCHER)
+    # the caller holds the write end of this pipe until the job ends: if the caller dies,
+    # the kernel closes it and the launcher kills the job's process group
+    watch_read, watch_write = os.pipe()
+    try:
+        with open(log_file, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-I", str(launcher), str(os.getpid()), str(watch_read), str(start_error), *command],
+                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, pass_fds=(watch_read,))
+            os.close(watch_read)
+            watch_read = None
+            try:
+                deadline = start + time_limit
+                next_notice = start + wait_every
+                while not _ended(process):
+                    now = time.monotonic()
+                    if on_wait and now >= next_notice:
+                        next_notice = now + wait_every
+                        on_wait(now - start, _read_json(io / "status.json").get("stage"))
+                    if not result.required_done and (io / "required_done").exists():
+                        result.required_done = True
+                        if overtime is not None:
+                            deadline = max(deadline, now + overtime(now - start))
+                    if now > deadline:
+                        result.timed_out = True
+                        break
+                    time.sleep(0.05)
+            finally:
+                _kill(process)  # the job, and anything it started and left running
+    finally:
+        for fd in (watch_read, watch_write):
+            if fd is not None:
+                os.close(fd)
+    if start_error.exists():
+        result.start_error = start_error.read_text()
+        return result
     result.wall_seconds = time.monotonic() - start
     result.returncode = process.returncode
     result.required_done = result.required_done or (io / "required_done").exists()
     return result
 
 
+def _ended(process) -> bool:
+    """Whether the launcher has exited, without reaping it: while it is a zombie its
+    process group id cannot be reused, so _kill can still end what the job left behind."""
+    if not hasattr(os, "waitid"):
+        return process.poll() is not None
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def _kill(process) -> None:
     """Stop the job's process group (its own session: only what it started)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+
+
+# -- temporary folders -------------------------------------------------------------------
+
+OWNED = re.compile(r"^(?P<kind>[a-z_]+)_(?P<pid>\d+)_")
+
+
+def temp_root() -> Path:
+    """The one folder every temporary folder of this kit lives in (per user)."""
+    return Path(tempfile.gettempdir()) / f"bloodcells-{os.getuid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(root=None) -> list:
+    """Remove the temporary folders whose owning process is gone (a killed run's).
+    Returns what was removed."""
+    root = Path(root) if root is not None else temp_root()
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = OWNED.match(entry.name)
+        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def temporary_folder(kind: str, parent=None):
+    """A fresh folder `<kind>_<pid>_<random>` under temp_root() (or `parent`), removed on
+    exit; folders under temp_root() left by runs that were killed are removed first."""
+    if parent is None:
+        root = temp_root()
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        clean_stale(root)
+    else:
+        root = Path(parent)
+    folder = Path(tempfile.mkdtemp(prefix=f"{kind}_{os.getpid()}_", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_json(path: Path) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,7 +409,7 @@ def validate(zip_path, python=None, limits: Limits | None = None, reference=None
     except zipfile.BadZipFile as exc:
         report.add("zip", False, f"not a readable zip ({exc})", "rebuild it with build_submission.py")
         return report
-    with zf, tempfile.TemporaryDirectory(prefix="bloodcells_submission_") as tmp:
+    with zf, sandbox.temporary_folder("submission") as tmp:
         if not check_layout(zf, report) or not all(c.ok for c in report.checks if c.name not in ("size", "manifest")):
             report.add("runs", False, "not run: fix the problems above first", "fix the problems above, then rebuild")
             return report

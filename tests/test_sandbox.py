@@ -4,12 +4,16 @@ Tiny jobs with a numpy-only model.py, so nothing here needs TensorFlow."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from bloodcells import sandbox
+from tests.conftest import REPO
 
 MODEL_PY = "import numpy as np\nclass Model:\n    def predict(self, X):\n        return np.asarray(X).sum(axis=1)\n"
 
@@ -77,3 +81,61 @@ def test_the_time_limit_kills_the_process_group_and_overtime_extends_it(folder, 
 def test_an_interpreter_that_does_not_exist_is_a_start_error(folder, tmp_path):
     run = sandbox.run(folder, "pass", python=str(tmp_path / "no_python"), time_limit=10)
     assert run.start_error and run.returncode is None and os.fspath(tmp_path / "no_python") in run.start_error
+
+
+# A caller that runs a job which hangs (and starts a grandchild that hangs too); the test
+# SIGKILLs the caller, as an OOM kill or a closed terminal would.
+HANGING_CALLER = r'''
+import sys
+from bloodcells import sandbox
+job = ("import subprocess\n"
+       "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', IO])\n"
+       "status['stage'] = 'hanging'\nsave_status()\ntime.sleep(120)\n")
+sandbox.run(sys.argv[1], job, time_limit=600)
+'''
+
+
+def processes_mentioning(text: str) -> list:
+    """(pid, command line) of the running processes whose command line contains `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append((int(entry), cmdline))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to list processes")
+def test_a_killed_caller_leaves_no_process_and_the_next_run_removes_its_folder(folder, tmp_path, monkeypatch):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    caller = subprocess.Popen([sys.executable, "-c", HANGING_CALLER, str(folder)],
+                              env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp)})
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and caller.poll() is None:
+            if any('"hanging"' in p.read_text() for p in temp.glob("bloodcells-*/sandbox_*/io/status.json")):
+                break
+            time.sleep(0.05)
+        assert len(processes_mentioning(str(temp))) >= 2, "the job and its grandchild never started"
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+    deadline = time.monotonic() + 5
+    while processes_mentioning(str(temp)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_mentioning(str(temp)) == []
+    left = list(temp.glob("bloodcells-*/sandbox_*"))
+    assert left  # the killed caller could not clean up; the next run does
+    root = left[0].parent
+    monkeypatch.setattr(sandbox, "temp_root", lambda: root)
+    run = sandbox.run(folder, "pass", time_limit=60)
+    assert run.returncode == 0 and list(root.iterdir()) == []
