@@ -79,6 +79,60 @@ DEFAULTS = {
     "ramp_start": 0.3,
 }
 
+PROBABILITY = "[0, 1]"
+# The range each option accepts (bloodcells.config checks them, typed like the default;
+# the on/off switches need none). Intervals as in mathematics; a pair [low, high] has
+# both ends in the range.
+LIMITS = {
+    "rotation": "[0, 1]",
+    "translation": "[0, 1]",
+    "zoom": "[0, 1)",             # a scale of 1 - zoom must stay positive
+    "geometry_prob": PROBABILITY,
+    "fill_mode": ("reflect", "wrap", "constant", "nearest", "mirror"),  # keras.ops.image.affine_transform's
+    "brightness": "[0, 1]",       # Keras's colour-jitter factors
+    "contrast": "[0, 1]",
+    "saturation": "[0, 1]",
+    "hue": "[0, 1]",
+    "color_prob": PROBABILITY,
+    "stain": "[0, inf)",
+    "stain_prob": PROBABILITY,
+    "gamma": "[0, inf)",
+    "gamma_prob": PROBABILITY,
+    "field_prob": PROBABILITY,
+    "field_amplitude": "[0, inf)",
+    "overlay_prob": PROBABILITY,
+    "overlay_opacity": "[0, 1]",
+    "grayscale_prob": PROBABILITY,
+    "channel_mix": "[0, 1]",
+    "channel_mix_prob": PROBABILITY,
+    "randaugment_prob": PROBABILITY,
+    "randaugment_num_ops": "[1, inf)",
+    "randaugment_factor": "[0, 1]",
+    "augmix_prob": PROBABILITY,
+    "augmix_severity": "[0, 1]",
+    "augmix_views": "[0, inf)",
+    "blur_prob": PROBABILITY,
+    "blur_sigma": "[0.3, inf)",   # sigma is drawn in [0.3, blur_sigma]
+    "blur_kernel": "odd [3, inf)",
+    "noise_prob": PROBABILITY,
+    "noise_std": "[0, inf)",
+    "erasing_prob": PROBABILITY,
+    "erasing_scale": "(0, 1]",    # of the image's area
+    "erasing_patches": "[0, inf)",
+    "solarize_prob": PROBABILITY,
+    "solarize_threshold": "[0, 1]",
+    "jpeg_prob": PROBABILITY,
+    "jpeg_quality": "[0, 100]",
+    "resolution_prob": PROBABILITY,
+    "resolution_min_scale": "(0, 1]",
+    "cutmix_prob": PROBABILITY,
+    "cutmix_alpha": "(0, inf)",
+    "mixup_prob": PROBABILITY,
+    "mixup_alpha": "(0, inf)",
+    "ramp_epochs": "[0, inf)",
+    "ramp_start": "[0, 1]",
+}
+
 
 def resolve(options: dict | None) -> dict:
     """Defaults overlaid with `options`; unknown keys raise KeyError naming them."""

@@ -353,9 +353,10 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, data_file, monke
 
 
 def test_early_stopping_plateau_and_monitor(tmp_path, data_file):
-    # lr 0: nothing improves after the first epoch, so patience 1 stops the phase early
-    # and the plateau rule halves the (zero) rate; monitor on clean accuracy.
-    cfg = tiny_config(**{"phase1.epochs": 0, "phase2.epochs": 5, "phase2.lr": 0.0, "train.monitor": "val_acc",
+    # lr 1e-12 (a rate must be > 0; this one is below float32's resolution of the weights):
+    # nothing improves after the first epoch, so patience 1 stops the phase early and the
+    # plateau rule halves the rate; monitor on clean accuracy.
+    cfg = tiny_config(**{"phase1.epochs": 0, "phase2.epochs": 5, "phase2.lr": 1e-12, "train.monitor": "val_acc",
                          "train.early_stopping_patience": 2, "train.plateau_patience": 1,
                          "data.imbalance": "downsample", "augment.enabled": False})
     messages = []
