@@ -4,6 +4,11 @@ classifier, and ship a competition submission that is checked before upload.
 One job per module, in the order a training set goes through them: ARCHITECTURE.md.
 """
 
+from .cli import quiet_tensorflow_startup
+
+# before anything imports TensorFlow: its start-up lines would precede the kit's own
+quiet_tensorflow_startup()
+
 CLASS_NAMES = (
     "basophil",
     "eosinophil",
