@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import Progress, UserError, run_cli
+from .cli import Progress, UserError, check_output_file, check_output_folder, run_cli
 from .embeddings import descriptor_embeddings, gap_embedder, network_embeddings, outlier_features
 from .files import save_npz_atomic, sha256_file
 
@@ -289,8 +289,10 @@ def _check_args(args) -> None:
         raise UserError(f"{args.out}: --out: same path as the input; expected a new file (the input is never modified)")
     if Path(args.report).resolve() == inp:
         raise UserError(f"{args.report}: --report: same path as the input; expected a folder for the report")
-    if Path(args.report).exists() and not Path(args.report).is_dir():
-        raise UserError(f"{args.report}: --report: exists and is not a folder; expected a folder")
+    if out == Path(args.report).resolve():
+        raise UserError(f"{args.report}: --report: the same path as --out; expected a folder beside the cleaned file")
+    check_output_folder(args.report, "--report")  # before the cleaning, not after the npz is written
+    check_output_file(args.out, "--out")
 
 
 @run_cli
@@ -316,11 +318,15 @@ def main(argv=None):
     summary = summarize(result, data.labels, source=data.source,
                         input_sha256=sha256_file(path) if path.is_file() else None, settings=settings)
     keep = result.keep
+    if not keep.any():  # the report says why; an empty training set is no output
+        write_report(args.report, result, data.images, data.labels, summary)
+        print(format_summary(summary))
+        raise UserError(f"{data.source}: images: cleaning removed all {len(keep)} images, nothing written to "
+                        f"{args.out}; expected at least one left (see {args.report}/removed.csv; "
+                        f"check --group-threshold, --near-threshold)")
     save_npz_atomic(args.out, compress=args.compress, images=data.images[keep], labels=data.labels[keep])
     write_report(args.report, result, data.images, data.labels, summary)
     print(format_summary(summary))
-    if not keep.any():
-        print("warning: no image left after cleaning; check --group-threshold", file=sys.stderr)
     print(f"cleaned set: {args.out} ({int(keep.sum())} images); report: {args.report}/ "
           f"(removed.csv, flagged_outliers.csv, summary.json, PNGs)")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from .cli import UserError, run_cli
+from .cli import UserError, check_distinct_outputs, check_output_file, run_cli
 
 MEDMNIST_SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -89,7 +89,7 @@ def load_images(path, split: str | None = None, **kwargs) -> np.ndarray:
 
 # -- readers ---------------------------------------------------------------------------
 
-def _read_npz(path: Path, split: str | None, require_labels: bool):
+def _open_npz(path: Path):
     try:
         archive = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
@@ -98,33 +98,54 @@ def _read_npz(path: Path, split: str | None, require_labels: bool):
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: file: holds a single array; expected an npz with "
                         f"'images' and 'labels' (or MedMNIST '<split>_images')")
-    with archive:
-        keys = set(archive.files)
-        if "images" in keys:
-            if split not in (None, "all"):
-                raise DataError(f"{path}: split: '{split}' asked for, but this is an AN2DL file "
-                                f"with 'images'/'labels' and no splits; expected no split")
-            image_key, label_key, source = "images", "labels", str(path)
-        else:
-            available = [s for s in MEDMNIST_SPLITS if f"{s}_images" in keys]
-            if not available:
-                raise DataError(f"{path}: images: key missing; expected 'images' (AN2DL) or "
-                                f"'train_images'/'val_images'/'test_images' (MedMNIST), "
-                                f"found {sorted(keys) or 'no arrays'}")
-            split = split or "train"
-            if split not in available:
-                raise DataError(f"{path}: split: '{split}' not in the file; expected one of {available}")
-            image_key, label_key = f"{split}_images", f"{split}_labels"
-            source = f"{path}[{split}]"
-        images = _read_array(archive, image_key, path)
-        if label_key in keys:
-            labels = _read_array(archive, label_key, path)
-        elif require_labels:
+    return archive
+
+
+def _npz_keys(archive, path: Path, split: str | None, require_labels: bool):
+    """(image key, label key or None, source) of the split asked for."""
+    keys = set(archive.files)
+    if "images" in keys:
+        if split not in (None, "all"):
+            raise DataError(f"{path}: split: '{split}' asked for, but this is an AN2DL file "
+                            f"with 'images'/'labels' and no splits; expected no split")
+        image_key, label_key, source = "images", "labels", str(path)
+    else:
+        available = [s for s in MEDMNIST_SPLITS if f"{s}_images" in keys]
+        if not available:
+            raise DataError(f"{path}: images: key missing; expected 'images' (AN2DL) or "
+                            f"'train_images'/'val_images'/'test_images' (MedMNIST), "
+                            f"found {sorted(keys) or 'no arrays'}")
+        split = split or "train"
+        if split not in available:
+            raise DataError(f"{path}: split: '{split}' not in the file; expected one of {available}")
+        image_key, label_key = f"{split}_images", f"{split}_labels"
+        source = f"{path}[{split}]"
+    if label_key not in keys:
+        if require_labels:
             raise DataError(f"{path}: {label_key}: key missing; expected integer labels 0-7 "
                             f"beside '{image_key}'")
-        else:
-            labels = None
+        label_key = None
+    return image_key, label_key, source
+
+
+def _read_npz(path: Path, split: str | None, require_labels: bool):
+    with _open_npz(path) as archive:
+        image_key, label_key, source = _npz_keys(archive, path, split, require_labels)
+        images = _read_array(archive, image_key, path)
+        labels = _read_array(archive, label_key, path) if label_key else None
     return images, labels, source
+
+
+def _array_header(archive, key: str, path: Path):
+    """(shape, dtype) of an npz member from its .npy header, without reading the data."""
+    try:
+        with archive.zip.open(f"{key}.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: {key}: unreadable or truncated array ({_short(exc)})") from None
+    return shape, dtype
 
 
 def _read_array(archive, key: str, path: Path) -> np.ndarray:
@@ -185,16 +206,8 @@ def _to_rgb(img, size: int):
 
 def _validate_images(images: np.ndarray, source: str, image_size: int, notices: list[str]) -> np.ndarray:
     field_name = "images"
-    if images.dtype == object or images.dtype.kind not in "biuf":
-        raise DataError(f"{source}: {field_name}: dtype {images.dtype}; expected uint8 or float pixels")
-    if images.ndim != 4:
-        raise DataError(f"{source}: {field_name}: rank {images.ndim} with shape {images.shape}; "
-                        f"expected (N, {image_size}, {image_size}, 3)")
-    if images.shape[-1] != 3:
-        raise DataError(f"{source}: {field_name}: {images.shape[-1]} channels in shape {images.shape}; "
-                        f"expected 3 (RGB)")
-    if len(images) == 0:
-        raise DataError(f"{source}: {field_name}: empty set (0 images); expected at least one image")
+    _check_image_dtype(images.dtype, source)
+    _check_image_shape(images.shape, source, image_size)
     if images.dtype != np.uint8:
         images = _to_uint8(images, source, field_name, notices)
     if images.shape[1:3] != (image_size, image_size):
@@ -202,6 +215,23 @@ def _validate_images(images: np.ndarray, source: str, image_size: int, notices: 
                        f"resized to {image_size}x{image_size}")
         images = resize_images(images, image_size)
     return np.ascontiguousarray(images)
+
+
+def _check_image_shape(shape: tuple, source: str, image_size: int) -> None:
+    if len(shape) != 4:
+        raise DataError(f"{source}: images: rank {len(shape)} with shape {shape}; "
+                        f"expected (N, {image_size}, {image_size}, 3)")
+    if shape[-1] != 3:
+        raise DataError(f"{source}: images: {shape[-1]} channels in shape {shape}; expected 3 (RGB)")
+    if shape[0] == 0:
+        raise DataError(f"{source}: images: empty set (0 images); expected at least one image")
+
+
+def _check_image_dtype(dtype: np.dtype, source: str) -> None:
+    if dtype.kind == "b":  # 0/1 would become black images
+        raise DataError(f"{source}: images: bool images; expected uint8 or float pixels")
+    if dtype == object or dtype.kind not in "iuf":
+        raise DataError(f"{source}: images: dtype {dtype}; expected uint8 or float pixels")
 
 
 def _to_uint8(images: np.ndarray, source: str, field_name: str, notices: list[str]) -> np.ndarray:
@@ -323,18 +353,62 @@ def stratified_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
+def _has_own_splits(path: Path) -> bool:
+    """Whether `path` is a MedMNIST file with its own train and val splits."""
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    with _open_npz(path) as archive:
+        return {"train_images", "val_images"} <= set(archive.files)
+
+
 def train_val(path, val_fraction: float = 0.2, seed: int = 0, notify=print):
     """Training and validation sets from one path: a MedMNIST file's own train/val
-    splits when it has them, otherwise a stratified seeded split."""
+    splits when it has them, otherwise a stratified seeded split. Neither may be empty."""
     path = Path(path)
-    if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            has_splits = {"train_images", "val_images"} <= set(archive.files)
-        if has_splits:
-            return load_dataset(path, "train", notify=notify), load_dataset(path, "val", notify=notify)
-    data = load_dataset(path, notify=notify)
-    train_index, val_index = stratified_split(data.labels, val_fraction, seed)
-    return data.subset(train_index), data.subset(val_index)
+    if _has_own_splits(path):
+        train, val = load_dataset(path, "train", notify=notify), load_dataset(path, "val", notify=notify)
+    else:
+        data = load_dataset(path, notify=notify)
+        train_index, val_index = stratified_split(data.labels, val_fraction, seed)
+        train, val = data.subset(train_index), data.subset(val_index)
+    _check_both_sides(str(path), len(train), len(val), val_fraction)
+    return train, val
+
+
+def check_train_val(path, val_fraction: float = 0.2, seed: int = 0) -> tuple[int, int] | None:
+    """(training, validation) image counts `train_val` will give an npz, from its labels
+    and the image arrays' headers only (no pixels read), so a broken file or an empty side
+    is refused before a training run sets anything up. None for a folder (read in full
+    by train_val)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found; expected an .npz file or a folder of class folders")
+    if path.is_dir():
+        return None
+    with _open_npz(path) as archive:
+        own_splits = {"train_images", "val_images"} <= set(archive.files)
+        counts = []
+        for split in (("train", "val") if own_splits else (None,)):
+            image_key, label_key, source = _npz_keys(archive, path, split, require_labels=True)
+            shape, dtype = _array_header(archive, image_key, path)
+            _check_image_dtype(dtype, source)
+            _check_image_shape(shape, source, IMAGE_SIZE)
+            labels = _validate_labels(_read_array(archive, label_key, path), shape[0], source, [])
+            counts.append(len(labels) if own_splits else labels)
+    if own_splits:
+        n_train, n_val = counts
+    else:
+        train_index, val_index = stratified_split(counts[0], val_fraction, seed)
+        n_train, n_val = len(train_index), len(val_index)
+    _check_both_sides(str(path), n_train, n_val, val_fraction)
+    return n_train, n_val
+
+
+def _check_both_sides(source: str, n_train: int, n_val: int, val_fraction: float) -> None:
+    if n_train == 0 or n_val == 0:
+        raise DataError(f"{source}: images: {n_train + n_val} images split into {n_train} for training and "
+                        f"{n_val} for validation (data.val_fraction {val_fraction:g}); expected at least one "
+                        f"on each side (a class with 2 or more images)")
 
 
 # -- command line: inspect a file, or hold out a local test set --------------------------
@@ -353,27 +427,42 @@ def main(argv=None):
     parser.add_argument("--out-test", type=Path, help="where the held-out images go (AN2DL layout)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.holdout is not None:
+        _check_holdout_args(args)
+    elif args.out_train or args.out_test:
+        raise UserError("--out-train/--out-test: given without --holdout; expected --holdout FRACTION "
+                        "(e.g. 0.15) to write a split")
     data = load_dataset(args.path, args.split)
     print(f"{data.source}: {len(data)} images, {data.images.shape[1]}x{data.images.shape[2]} RGB uint8")
     for label, count in enumerate(data.class_counts()):
         print(f"  {label} {CLASS_NAMES[label]:<22} {count}")
     if args.holdout is None:
         return
-    if not 0 < args.holdout < 1:
-        raise UserError(f"--holdout: {args.holdout}; expected a fraction between 0 and 1")
-    if not args.out_train or not args.out_test:
-        raise UserError("--holdout: needs --out-train and --out-test; expected two output .npz paths")
-    inputs = {Path(args.path).resolve()}
-    if {args.out_train.resolve(), args.out_test.resolve()} & inputs:
-        raise UserError(f"{args.path}: --out-train/--out-test: would overwrite the input; expected new paths")
     from .files import save_npz_atomic
 
     train_index, test_index = stratified_split(data.labels, args.holdout, args.seed)
+    if len(train_index) == 0 or len(test_index) == 0:
+        raise UserError(f"{data.source}: --holdout {args.holdout:g}: {len(data)} images split into "
+                        f"{len(train_index)} to keep and {len(test_index)} to hold out; expected at least "
+                        f"one on each side (a class with 2 or more images)")
     for out, index, role in ((args.out_train, train_index, None), (args.out_test, test_index, HELD_OUT_ROLE)):
         marker = {ROLE_KEY: np.asarray(role)} if role else {}
         save_npz_atomic(out, images=data.images[index], labels=data.labels[index].astype(np.uint8), **marker)
         print(f"wrote {out}: {len(index)} images")
 
+
+def _check_holdout_args(args) -> None:
+    """Everything about --holdout's outputs that can be checked before the input is read."""
+    if not 0 < args.holdout < 1:
+        raise UserError(f"--holdout: {args.holdout}; expected a fraction between 0 and 1")
+    if not args.out_train or not args.out_test:
+        raise UserError("--holdout: needs --out-train and --out-test; expected two output .npz paths")
+    check_distinct_outputs({"--out-train": args.out_train, "--out-test": args.out_test})
+    inputs = {Path(args.path).resolve()}
+    if {args.out_train.resolve(), args.out_test.resolve()} & inputs:
+        raise UserError(f"{args.path}: --out-train/--out-test: would overwrite the input; expected new paths")
+    check_output_file(args.out_train, "--out-train")
+    check_output_file(args.out_test, "--out-test")
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -44,7 +45,6 @@ from .distribute import is_chief, make_strategy, precision_policy, predict, stra
     synchronize_batchnorm, uncapture_multiworker_strategy, worker_scratch
 from .epochs import class_weights, epoch_batches, epoch_order
 from .files import sha256_file, write_json_atomic, write_text_atomic
-from .scoring import confusion_matrix
 
 HISTORY_FIELDS = ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_acc", "val_shifted_acc",
                   "seconds")
@@ -143,6 +143,8 @@ def package_versions() -> dict:
 def validation_metrics(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 128) -> dict:
     """Accuracy, mean cross-entropy, per-class recall (None for a class absent from
     `labels`) and the confusion matrix of `model` on a labelled set."""
+    from .scoring import confusion_matrix  # here: sklearn takes a second to import
+
     probs = predict(model, images.astype(np.float32), batch_size)
     pred = probs.argmax(axis=1)
     confusion = confusion_matrix(labels, pred)
@@ -153,27 +155,30 @@ def validation_metrics(model, images: np.ndarray, labels: np.ndarray, batch_size
     return {"accuracy": float((pred == labels).mean()), "loss": loss, "recall": recall, "confusion": confusion}
 
 
-def _callback_base():
+@functools.cache
+def _learning_rate_callback():
+    """The callback class, made on first use: importing this module must not import
+    Keras (TensorFlow), so --help and config errors answer at once."""
     import keras
-    return keras.callbacks.Callback
 
+    class _LearningRate(keras.callbacks.Callback):
+        """Sets the per-step learning rate and prints progress within the epoch."""
 
-class _LearningRate(_callback_base()):
-    """Sets the per-step learning rate and prints progress within the epoch."""
+        def __init__(self, base, train_cfg, step0, total_steps, steps, scale, label):
+            super().__init__()
+            # the epoch's rates in one call: nothing is computed per batch but the assignment
+            self.rates = learning_rates(base, train_cfg, step0 + np.arange(steps), total_steps, max(steps, 1)) * scale
+            self.progress = Progress(steps, label, every=30.0)
+            self.last_lr = 0.0
 
-    def __init__(self, base, train_cfg, step0, total_steps, steps, scale, label):
-        super().__init__()
-        # the epoch's rates in one call: nothing is computed per batch but the assignment
-        self.rates = learning_rates(base, train_cfg, step0 + np.arange(steps), total_steps, max(steps, 1)) * scale
-        self.progress = Progress(steps, label, every=30.0)
-        self.last_lr = 0.0
+        def on_train_batch_begin(self, batch, logs=None):
+            self.last_lr = float(self.rates[batch])
+            self.model.optimizer.learning_rate.assign(self.last_lr)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self.last_lr = float(self.rates[batch])
-        self.model.optimizer.learning_rate.assign(self.last_lr)
+        def on_train_batch_end(self, batch, logs=None):
+            self.progress.update(1)
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.progress.update(1)
+    return _LearningRate
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -336,7 +341,7 @@ class Trainer:
         epoch, steps = state.epoch, self.steps_per_epoch(state.epoch)
         step0 = sum(self.steps_per_epoch(phase.first_epoch + e) for e in range(state.epoch_in_phase))
         started = time.monotonic()
-        lr_cb = _LearningRate(phase.cfg.lr, self.cfg.train, step0, phase.total_steps, steps, state.lr_scale,
+        lr_cb = _learning_rate_callback()(phase.cfg.lr, self.cfg.train, step0, phase.total_steps, steps, state.lr_scale,
                               f"epoch {epoch + 1} ({phase.name})")
         with self.strategy.scope():
             fit = self.model.fit(epoch_batches(phase.batches, steps), epochs=1, verbose=0, callbacks=[lr_cb],
@@ -453,6 +458,25 @@ class Trainer:
 
 # -- command line ------------------------------------------------------------------------
 
+def check_paths(cfg: Config, data, out, export=None) -> None:
+    """What can be checked before TensorFlow starts and before epoch 1, so a run never
+    fails at its end: the data (readable, non-empty training and validation sides) and
+    every output folder writable. The export replaces its folder as a whole, so it may
+    not hold the run folder or the data."""
+    from .cli import check_output_folder
+    from .data import check_train_val
+
+    check_output_folder(out, "--out")
+    if export:
+        check_output_folder(export, "--export", replaced=True)
+        export_path = Path(export).resolve()
+        for flag, path in (("--out", out), ("--data", data)):
+            if Path(path).resolve().is_relative_to(export_path):
+                raise UserError(f"{export}: --export: holds {flag} {path}, which the export would replace; "
+                                f"expected a folder of its own")
+    check_train_val(data, cfg.data.val_fraction, cfg.seed)
+
+
 @run_cli
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bloodcells.train", description=__doc__.split("\n\n")[0])
@@ -480,6 +504,7 @@ def main(argv=None):
                                 f"expected the same (or none), or a new --out to train differently")
     else:
         cfg = load_config(args.config, overrides)
+    check_paths(cfg, args.data, args.out, args.export)
     metrics = Trainer(cfg, args.data, args.out, args.export, args.resume).run()
     print(f"best epoch {metrics['best_epoch']}: val acc {metrics['val_acc']:.4f}, "
           f"shifted val acc {metrics['val_shifted_acc']:.4f} ({metrics['shift_profile']})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -426,3 +427,41 @@ def test_embedding_from_an_exported_model_and_a_backbone(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"--embedding: mobilenetv2: could not load imagenet weights") as exc:
         embeddings.gap_embedder("mobilenetv2")
     assert "\n" not in str(exc.value)
+
+
+# -- issue 27: outputs checked before the cleaning, no empty cleaned set ---------------------
+
+def _small_set(path, n=12):
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8), labels=np.arange(n) % 8)
+    return path
+
+
+def test_unusable_outputs_are_refused_before_the_cleaning(tmp_path, capsys):
+    path = _small_set(tmp_path / "set.npz")
+    (tmp_path / "a_file").write_text("x")
+    before = snapshot(tmp_path)
+    for outputs, message in (
+            (["--out", tmp_path / "clean.npz", "--report", tmp_path / "a_file" / "rep"],
+             "--report: .*a_file is a file, not a folder"),
+            (["--out", tmp_path / "a_file" / "clean.npz", "--report", tmp_path / "rep"],
+             "--out: .*a_file is a file, not a folder"),
+            (["--out", tmp_path / "x.npz", "--report", tmp_path / "x.npz"], "--report: the same path as --out"),
+            (["--out", tmp_path / "clean.npz", "--report", "/proc/bloodcells_report"],
+             r"--report: cannot write in /proc")):
+        assert run([path, *outputs, "--quiet"]) == 2, outputs
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and re.search(message, err), err
+    assert snapshot(tmp_path) == before  # nothing cleaned, no npz written
+
+
+def test_a_cleaning_that_leaves_no_image_is_an_error(tmp_path, capsys):
+    path = tmp_path / "copies.npz"
+    image = np.random.default_rng(1).integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
+    np.savez(path, images=np.repeat(image, 25, axis=0), labels=np.arange(25) % 8)  # one fabricated group
+    out, rep = tmp_path / "clean.npz", tmp_path / "rep"
+    assert run([path, "--out", out, "--report", rep, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: images: cleaning removed all 25 images, nothing written to {out}; expected at "
+                   f"least one left (see {rep}/removed.csv; check --group-threshold, --near-threshold)"]
+    assert not out.exists() and len(read_removed(rep)) == 25  # the report says why

@@ -249,3 +249,77 @@ def test_atomic_writes_leave_no_temporary_and_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- issue 27: bool images, outputs checked before reading, no empty side ------------------
+
+def test_bool_images_are_refused(tmp_path, rng):
+    path = write_npz(tmp_path / "bool.npz", images=images(4, rng) > 128, labels=np.arange(4))
+    with pytest.raises(DataError, match=r"bool\.npz: images: bool images; expected uint8 or float pixels"):
+        load_dataset(path, notify=None)
+    result = run_data_cli(path, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: {path}: images: bool images; expected uint8 or float pixels"]
+
+
+def test_holdout_outputs_are_checked_before_the_input_is_read(tmp_path, rng):
+    source = write_npz(tmp_path / "all.npz", images=images(40, rng), labels=np.arange(40) % 8)
+    (tmp_path / "a_file").write_text("x")
+    before = snapshot(tmp_path)
+    cases = {
+        "same file twice": (["--out-train", tmp_path / "X.npz", "--out-test", tmp_path / "X.npz"],
+                            "--out-test: the same file as --out-train"),
+        "a file for a folder": (["--out-train", tmp_path / "a_file" / "tr.npz", "--out-test", tmp_path / "te.npz"],
+                                "--out-train: .*a_file is a file, not a folder"),
+        "a folder for a file": (["--out-train", tmp_path, "--out-test", tmp_path / "te.npz"],
+                                "--out-train: is a folder; expected a file name"),
+        "no holdout": (["--out-train", tmp_path / "tr.npz"], "--out-train/--out-test: given without --holdout"),
+    }
+    for case, (outputs, pattern) in cases.items():
+        holdout = [] if case == "no holdout" else ["--holdout", "0.15"]
+        result = run_data_cli(source, *holdout, *outputs, cwd=tmp_path)
+        assert result.returncode == 2, (case, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and __import__("re").search(pattern, lines[0]), (case, lines)
+        assert result.stdout == "", case  # refused before the input was read
+    assert snapshot(tmp_path) == before
+
+
+def test_a_holdout_or_validation_split_with_an_empty_side_is_refused(tmp_path, rng):
+    one = write_npz(tmp_path / "one.npz", images=images(1, rng), labels=np.array([3]))
+    result = run_data_cli(one, "--holdout", "0.15", "--out-train", tmp_path / "tr.npz", "--out-test",
+                          tmp_path / "te.npz")
+    assert result.returncode == 2 and "0 to hold out; expected at least one on each side" in result.stderr
+    assert not (tmp_path / "tr.npz").exists() and not (tmp_path / "te.npz").exists()
+    from bloodcells.data import check_train_val
+
+    for check in (lambda: train_val(one, 0.2, notify=None), lambda: check_train_val(one, 0.2)):
+        with pytest.raises(DataError, match=r"one\.npz: images: 1 images split into 1 for training and 0 for "
+                                            r"validation \(data\.val_fraction 0\.2\); expected at least one"):
+            check()
+
+
+def test_train_val_of_a_truncated_file_is_a_one_line_error(tmp_path, rng):
+    from bloodcells.data import check_train_val
+
+    path = write_npz(tmp_path / "t.npz", images=images(8, rng), labels=np.arange(8))
+    path.write_bytes(path.read_bytes()[:5000])
+    for check in (lambda: train_val(path, 0.2, notify=None), lambda: check_train_val(path, 0.2)):
+        with pytest.raises(DataError, match=r"t\.npz: file: unreadable or truncated"):
+            check()
+
+
+def test_check_train_val_reads_headers_and_agrees_with_train_val(tmp_path, rng):
+    from bloodcells.data import check_train_val
+
+    an2dl = write_npz(tmp_path / "a.npz", images=images(40, rng), labels=np.arange(40) % 8)
+    med = write_npz(tmp_path / "m.npz", train_images=images(12, rng), train_labels=np.arange(12)[:, None] % 8,
+                    val_images=images(5, rng), val_labels=np.arange(5)[:, None])
+    for path in (an2dl, med):
+        train, val = train_val(path, 0.25, seed=2, notify=None)
+        assert check_train_val(path, 0.25, seed=2) == (len(train), len(val))
+    for bad, pattern in (({"images": images(4, rng)[..., :1], "labels": np.arange(4)}, "1 channels"),
+                         ({"images": images(4, rng) > 1, "labels": np.arange(4)}, "bool images"),
+                         ({"images": images(4, rng), "labels": np.arange(3)}, "3 labels for 4 images")):
+        with pytest.raises(DataError, match=pattern):
+            check_train_val(write_npz(tmp_path / "bad.npz", **bad), 0.2)

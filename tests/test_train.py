@@ -7,6 +7,7 @@ import copy
 import csv
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from bloodcells.config import TrainConfig, load_config, resolve_config
 from bloodcells.distribute import make_strategy
 from bloodcells.epochs import class_weights, epoch_order
 from bloodcells.files import save_npz_atomic
+from conftest import snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"backbone": "small_cnn", "weights": "none",
@@ -456,3 +458,41 @@ def test_resume_refuses_other_data_seed_or_epochs(tmp_path, data_file, capsys):
     with pytest.raises(SystemExit) as exit_:
         train.main(base + ["--seed", "3", "--epochs", "2"])  # the values it was started with
     assert exit_.value.code == 0
+
+
+# -- issue 27: bad data and unusable outputs refused before training -----------------------
+
+def test_bad_data_and_unusable_outputs_are_refused_before_epoch_1(tmp_path, data_file, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nbackbone = "small_cnn"\nweights = "none"\nbackbone_options = { widths = [4] }\n'
+                      '[phase2]\nepochs = 1\n')
+    bad_fraction = tmp_path / "fraction.toml"
+    bad_fraction.write_text(config.read_text() + "[data]\nval_fraction = 1.5\n")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data_file.read_bytes()[:20000])
+    with np.load(data_file) as f:
+        images, labels = f["images"], f["labels"]
+    np.savez(tmp_path / "one.npz", images=images[:1], labels=labels[:1])
+    np.savez(tmp_path / "bool.npz", images=images > 100, labels=labels)
+    (tmp_path / "a_file").write_text("x")
+    run, data = tmp_path / "run", str(data_file)
+    cases = [
+        ([bad_fraction, data, run], r"fraction\.toml: data\.val_fraction: 1\.5; expected a number in \(0, 1\)"),
+        ([config, truncated, run], r"truncated\.npz: file: unreadable or truncated"),
+        ([config, tmp_path / "one.npz", run], r"one\.npz: images: 1 images split into 1 for training and 0 for "
+                                              r"validation"),
+        ([config, tmp_path / "bool.npz", run], r"bool\.npz: images: bool images; expected uint8 or float pixels"),
+        ([config, data, tmp_path / "a_file"], r"a_file: --out: exists and is not a folder"),
+        ([config, data, run, tmp_path / "a_file" / "export"], r"--export: .*a_file is a file, not a folder"),
+        ([config, data, tmp_path / "exp" / "run", tmp_path / "exp"], r"exp: --export: holds --out .*which the "
+                                                                    r"export would replace"),
+        ([config, data, run, "/proc/bloodcells_export"], r"--export: cannot write in /proc"),
+    ]
+    before = snapshot(tmp_path)
+    for (cfg, data_path, out, *export), pattern in cases:
+        argv = ["--config", str(cfg), "--data", str(data_path), "--out", str(out)]
+        with pytest.raises(SystemExit) as exit:
+            train.main(argv + (["--export", str(export[0])] if export else []))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit.value.code == 2 and len(err) == 1 and re.search(pattern, err[0]), (pattern, err)
+    assert snapshot(tmp_path) == before and not run.exists()  # no run started
