@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bloodcells import compare as paired
 from bloodcells import leaderboard as board
-from bloodcells import shift
+from bloodcells import sandbox, shift
 from bloodcells.cli import UserError, run_cli
 from bloodcells.data import load_dataset
 from bloodcells.eval_report import leaderboard_row, write_report
@@ -55,7 +55,8 @@ def parse_args(argv):
                              f"training selects epochs with seed 0)")
     parser.add_argument("--seed", type=int, default=None, help="a single shift seed (same as --seeds S)")
     parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
-                        help="seconds for Model() + predict, as on the server (default 600)")
+                        help=f"seconds for Model() + predict per image set, as on the server (default "
+                             f"{DEFAULT_TIME_LIMIT:g}, Codabench's default; set your phase's limit)")
     parser.add_argument("--sweep-images", type=int, default=SWEEP_IMAGES,
                         help=f"images per sweep set (class-stratified subset, default {SWEEP_IMAGES})")
     parser.add_argument("--python", default=sys.executable,
@@ -79,6 +80,8 @@ def parse_args(argv):
 @run_cli
 def main(argv=None):
     args = parse_args(argv)
+    if args.record_server or (args.zip and args.data):
+        sandbox.check_output_file(args.leaderboard_file, "--leaderboard-file")
     if args.record_server:
         return record_server(args)
     if args.compare:
@@ -101,6 +104,8 @@ def main(argv=None):
         raise UserError(f"--seeds: {' '.join(map(str, args.seeds))}; expected non-negative integers")
     if args.sweep_images < 8:
         raise UserError(f"--sweep-images: {args.sweep_images}; expected at least 8")
+    sandbox.check_output_folder(args.eval_dir, "--eval-dir")
+    sandbox.check_output_folder(args.cache_dir, "--cache-dir")
     zip_path = Path(args.zip)
     check_zip(zip_path)
     data = load_dataset(args.data, held_out_split(args.data, args.split))
@@ -123,17 +128,25 @@ def main(argv=None):
         print(line)
     page = write_report(common["eval_dir"], zip_path.name, zip_sha)
     print(f"report: {page}")
+    new_row = leaderboard_row(common, results, time.monotonic() - start)
+    row = board.record_evaluation(args.leaderboard_file, new_row)
     rows = board.read_rows(args.leaderboard_file)
-    best = next((r for r in board.ranking(rows) if r.get("zip_sha256") != zip_sha and r.get("eval_dir")), None)
-    row = board.record_evaluation(args.leaderboard_file, leaderboard_row(common, results, time.monotonic() - start))
-    rows = board.read_rows(args.leaderboard_file)
-    rank = [r["zip_sha256"] for r in board.ranking(rows)].index(zip_sha) + 1
-    shown = ", ".join(f"{board.PROFILE_LABELS.get(p, p)} {_estimate(row, p)}" for p in results
-                      if row.get(f"acc_{p}") not in (None, ""))
-    print(f"leaderboard: {zip_path.name} is #{rank} of {len(rows)} by server-like accuracy "
-          f"({shown}; %, 95 % intervals over {len(data.labels)} images) -> {args.leaderboard_file}")
-    if best is not None:
-        _print_against(best, row)
+    # ranks and "the best so far" among the zips evaluated on this test set
+    same_set = board.ranking([r for r in rows if r.get("data_sha256") == row.get("data_sha256")])
+    keys = [board.row_key(r) for r in same_set]
+    if board.row_key(row) not in keys:
+        print(f"leaderboard: {zip_path.name} is listed, not ranked ({row.get('status')}) -> {args.leaderboard_file}")
+    else:
+        shown = ", ".join(f"{board.PROFILE_LABELS.get(p, p)} {_estimate(row, p)}" for p in results
+                          if row.get(f"acc_{p}") not in (None, ""))
+        print(f"leaderboard: {zip_path.name} is #{keys.index(board.row_key(row)) + 1} of {len(same_set)} ranked on "
+              f"this test set by server-like accuracy ({shown}; %, 95 % intervals over {len(data.labels)} images) "
+              f"-> {args.leaderboard_file}")
+        if row.get("status") != "ok":
+            print(f"leaderboard: {row.get('status')}")
+        best = next((r for r in same_set if board.row_key(r) != board.row_key(row) and r.get("eval_dir")), None)
+        if best is not None:
+            _print_against(best, row)
     if args.leaderboard:
         print(board.format_leaderboard(rows, compare=_against_best(args)), end="")
     return 1 if any(m["status"] != "ok" for m in results.values()) else 0
@@ -151,7 +164,7 @@ def _estimate(row, profile) -> str:
 def _print_against(best: dict, row: dict) -> None:
     """The verdict against the leaderboard's best other zip, or why it cannot be given."""
     try:
-        result = paired.compare(best["eval_dir"], row["eval_dir"], best.get("zip", "best"), row["zip"])
+        result = paired.compare_rows(best, row)
     except UserError as exc:
         print(f"against the best so far ({best.get('zip')}): not compared: {exc}")
         return
@@ -165,7 +178,7 @@ def _against_best(args):
         if not (best.get("eval_dir") and row.get("eval_dir")):
             return ""
         try:
-            result = paired.compare(best["eval_dir"], row["eval_dir"], best.get("zip", ""), row.get("zip", ""))
+            result = paired.compare_rows(best, row)
         except UserError:
             return "not comparable"
         r = result["profiles"][result["decision"]]

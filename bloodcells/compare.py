@@ -121,6 +121,21 @@ def compare(folder_a, folder_b, name_a: str, name_b: str) -> dict:
     return {"profiles": out, "decision": decision, "verdict": out[decision]["verdict"], "notes": notes}
 
 
+def compare_rows(row_a: dict, row_b: dict) -> dict:
+    """compare() for two leaderboard rows, after checking that each row's evaluation folder
+    still holds that row's evaluation (the folder is per zip name: evaluating the zip again
+    on another test set replaces it)."""
+    for row in (row_a, row_b):
+        folder = Path(row.get("eval_dir") or "")
+        for profile in load_evaluation(folder).values():
+            m = profile["metrics"]
+            if m.get("zip_sha256") != row.get("zip_sha256") or \
+                    not str(m.get("data_sha256") or "").startswith(str(row.get("data_sha256") or "?")):
+                raise UserError(f"{row.get('zip')}: {folder} now holds an evaluation on other test images "
+                                f"({m.get('data')}); expected this row's, re-evaluate it with --data {row.get('data')}")
+    return compare(row_a["eval_dir"], row_b["eval_dir"], row_a.get("zip", "A"), row_b.get("zip", "B"))
+
+
 def _name(profile, seed):
     return profile if seed is None else f"{profile}_seed{seed}"
 
@@ -146,4 +161,4 @@ def format_comparison(result: dict, name_a: str, name_b: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DECISION_PROFILE", "load_evaluation", "compare", "format_comparison"]
+__all__ = ["DECISION_PROFILE", "load_evaluation", "compare", "compare_rows", "format_comparison"]

@@ -37,6 +37,12 @@ def write_report(eval_dir: Path, zip_name: str, zip_sha: str) -> Path:
                         "Model() s": m.get("init_seconds"),
                         "predict s": m.get("predict_seconds"), "evaluated": m.get("time")})
         section = {"heading": f"Profile: {profile}"}
+        attempt = eval_dir / profile / "failed_attempt.json"
+        if m["status"] == "ok" and attempt.exists():
+            failed = json.loads(attempt.read_text())
+            section["text"] = (f"The last attempt ({failed.get('time')}) FAILED ({failed.get('status')}): "
+                               f"{failed.get('message')}; shown here is the earlier successful evaluation "
+                               f"({m.get('time')}). Log: {profile}/failed_attempt.log")
         if m["status"] != "ok":
             section.update({"text": f"FAILED ({m['status']}): {m['message']}", "class": "failed",
                             "pre": _tail(eval_dir / profile / "ingestion.log")})
@@ -102,30 +108,36 @@ def _tail(path: Path, lines: int = 40) -> str:
 def leaderboard_row(common, results: dict, run_seconds: float) -> dict:
     """The zip's leaderboard row: per evaluated profile its scores with 95 % intervals
     (columns named generically: acc_<profile>, acc_<profile>_lo, ...), the spread over
-    shift seeds, the sweep's worst families, the server-like family table."""
+    shift seeds, the sweep's worst families, the server-like family table. A failed profile
+    writes no score columns (an earlier score of it stays), only `failed_<profile>`."""
     meta = common["meta"]
     failed = [f"{p} {m['status']}" for p, m in results.items() if m["status"] != "ok"]
-    row = {"time": meta["time"], "zip": meta["zip"], "zip_sha256": meta["zip_sha256"],
+    any_ok = any(m["status"] == "ok" for m in results.values())
+    # a run where everything failed leaves the time of the scores it keeps
+    row = {"time": meta["time"] if any_ok else None, "zip": meta["zip"], "zip_sha256": meta["zip_sha256"],
            "status": "failed: " + ", ".join(failed) if failed else "ok", "data": meta["data"],
            "data_sha256": meta["data_sha256"][:16], "seed": " ".join(map(str, meta["seeds"])),
            "shift_code": meta["shift_code"], "eval_dir": str(common["eval_dir"]), "run_seconds": round(run_seconds, 1)}
     for profile, m in results.items():
-        ok = m["status"] == "ok"
+        if m.get("init_seconds") is not None:
+            row["init_seconds"] = round(m["init_seconds"], 2)
+        if m["status"] != "ok":
+            row[f"{board.FAILED_PREFIX}{profile}"] = f"{m['status']} at {meta['time']}"
+            continue
+        row[f"{board.FAILED_PREFIX}{profile}"] = ""
         for short, key in board.SCORE_KEYS.items():
-            if ok and key not in m:
+            if key not in m:
                 continue
-            row[f"{short}_{profile}"] = m.get(key) if ok else ""
-            ci = m.get(f"{key}_ci") if ok else None
+            row[f"{short}_{profile}"] = m.get(key)
+            ci = m.get(f"{key}_ci")
             row[f"{short}_{profile}_lo"], row[f"{short}_{profile}_hi"] = ci if ci else ("", "")
-        row[f"n_{profile}"] = m.get("n") if ok else ""
-        if ok and m.get("seeds"):
+        row[f"n_{profile}"] = m.get("n")
+        if m.get("seeds"):
             row[f"seeds_{profile}"] = " ".join(map(str, m["seeds"]))
             spread = m.get("accuracy_spread") or {}
             row[f"acc_{profile}_min"], row[f"acc_{profile}_max"] = spread.get("min", ""), spread.get("max", "")
         if profile != "sweep":
             row[f"predict_seconds_{profile}"] = m.get("predict_seconds")
-        if m.get("init_seconds") is not None:
-            row["init_seconds"] = round(m["init_seconds"], 2)
     if "sweep" in results and results["sweep"]["status"] == "ok":
         row["sweep_worst"] = "; ".join(f"{f} {100 * a:.1f}" for f, a in results["sweep"]["worst_families"])
     if "server" in results and results["server"]["status"] == "ok":

@@ -6,16 +6,18 @@ leaderboard row are bloodcells.eval_report's."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from . import corruptions, report, shift, stats
+from . import corruptions, report, sandbox, shift, stats
 from .data import fingerprint
 from .eval_report import worst_families_text
 from .files import save_npz_atomic, sha256_file, write_json_atomic, write_text_atomic
-from .ingestion import run_submission
+from .ingestion import run_submission, time_limit_text
 from .scoring import family_severity_accuracy, score, write_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +39,8 @@ INTERVAL_KEYS = ("accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accur
 SWEEP_IMAGES = 240
 # Files one profile's evaluation writes; removed first so nothing stale survives a failure.
 PROFILE_FILES = ("scores.json", "metrics.json", "predictions.csv", "ingestion.log", "confusion.png",
-                 "wrong.png", "confidence.png", "families.png", "sweep.csv")
+                 "wrong.png", "confidence.png", "families.png", "sweep.csv", "failed_attempt.json",
+                 "failed_attempt.log")
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -130,6 +133,41 @@ def _fresh_folder(folder: Path) -> Path:
     return folder
 
 
+def _attempt_log(folder: Path) -> Path:
+    """Where a run logs until it is known whether it replaces the folder's evaluation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".ingestion.*.log"):  # left by a run that was killed
+        pid = stale.name.split(".")[2]
+        if pid.isdigit() and not sandbox.alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    return folder / f".ingestion.{os.getpid()}.log"
+
+
+def _holds_success(folder: Path, zip_sha: str) -> bool:
+    try:
+        m = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return m.get("status") == "ok" and m.get("zip_sha256") == zip_sha
+
+
+def _keep_result(out: Path, log: Path, metrics: dict, ok: bool) -> None:
+    """A successful run replaces the folder's files. A failed one never erases an earlier
+    successful evaluation of this zip: it is recorded beside it (failed_attempt.json/.log)."""
+    profile = metrics["profile"]
+    if not ok and _holds_success(out, metrics["zip_sha256"]):
+        write_json_atomic(out / "failed_attempt.json", metrics)
+        os.replace(log, out / "failed_attempt.log")
+        print(f"{profile}: FAILED ({metrics['status']}): {metrics['message']}\n  log: {out / 'failed_attempt.log'}"
+              f"\n  {profile}: the earlier successful evaluation in {out} is kept")
+        return
+    _fresh_folder(out)
+    os.replace(log, out / "ingestion.log")
+    if not ok:
+        write_json_atomic(out / "metrics.json", metrics)
+        print(f"{profile}: FAILED ({metrics['status']}): {metrics['message']}\n  log: {out / 'ingestion.log'}")
+
+
 def _waiting(label):
     def notify(elapsed, stage):
         print(f"{label}: {stage or 'starting'}, {elapsed:.0f} s", file=sys.stderr, flush=True)
@@ -152,7 +190,7 @@ def _plans(profile, n, seed):
 def evaluate_profile(zip_path, data, profile, args, common) -> dict:
     """Ingest + score one profile: `none` once, a shifted profile once per seed (one
     Model() for all draws); intervals, figures; returns its metrics.json."""
-    out = _fresh_folder(common["eval_dir"] / profile)
+    out = common["eval_dir"] / profile
     seeds = [None] if profile == "none" else list(args.seeds)
     sets, plans, origin = {}, {}, {}
     for seed in seeds:
@@ -167,16 +205,22 @@ def evaluate_profile(zip_path, data, profile, args, common) -> dict:
         print(f"{profile}: note: shift seed {TRAINING_SHIFT_SEED} is the one training configs select epochs "
               f"with ([shift] seed): a model selected on it scores optimistically there")
     print(f"{profile}: running {Path(zip_path).name} on {n} images{draws} "
-          f"(time limit {args.time_limit:g} s per set)", flush=True)
-    result = run_submission(zip_path, sets, args.time_limit * len(sets), python=args.python,
-                            log_path=out / "ingestion.log", on_wait=_waiting(f"{profile} ingestion"))
+          f"(time limit per set {time_limit_text(args.time_limit)})", flush=True)
+    log = _attempt_log(out)
+    try:
+        result = run_submission(zip_path, sets, args.time_limit * len(sets), python=args.python,
+                                log_path=log, on_wait=_waiting(f"{profile} ingestion"))
+    except BaseException:
+        log.unlink(missing_ok=True)
+        raise
+    if not log.exists():
+        log.write_text("")
     metrics = {**common["meta"], "profile": profile, "status": result.status, "message": result.message,
                "init_seconds": result.init_seconds,
                "predict_seconds": sum(result.predict_seconds.values()) if result.predict_seconds else None,
                "wall_seconds": result.wall_seconds, "n": n, "seeds": seeds if seeds != [None] else []}
+    _keep_result(out, log, metrics, result.ok)
     if not result.ok:
-        write_json_atomic(out / "metrics.json", metrics)
-        print(f"{profile}: FAILED ({result.status}): {result.message}\n  log: {out / 'ingestion.log'}")
         return metrics
     names = list(sets)
     predictions = np.stack([result.predictions[name] for name in names])
@@ -255,7 +299,7 @@ def describe_estimate(m: dict) -> str:
 
 
 def evaluate_sweep(zip_path, data, args, common) -> dict:
-    out = _fresh_folder(common["eval_dir"] / "sweep")
+    out = common["eval_dir"] / "sweep"
     seed = args.seeds[0]
     index = sweep_subset(data.labels, args.sweep_images, seed)
     images, labels = data.images[index], data.labels[index]
@@ -264,15 +308,21 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
         sets[f"{family}_s{severity}"] = shifted
     limit = args.time_limit * len(sets)
     print(f"sweep: {len(corruptions.FAMILIES)} families x 5 severities on {len(index)} images, seed {seed} "
-          f"(time limit {args.time_limit:g} s per set)", flush=True)
-    result = run_submission(zip_path, sets, limit, want_proba=False, python=args.python,
-                            log_path=out / "ingestion.log", on_wait=_waiting("sweep ingestion"))
+          f"(time limit per set {time_limit_text(args.time_limit)})", flush=True)
+    log = _attempt_log(out)
+    try:
+        result = run_submission(zip_path, sets, limit, want_proba=False, python=args.python,
+                                log_path=log, on_wait=_waiting("sweep ingestion"))
+    except BaseException:
+        log.unlink(missing_ok=True)
+        raise
+    if not log.exists():
+        log.write_text("")
     metrics = {**common["meta"], "profile": "sweep", "status": result.status, "message": result.message,
                "init_seconds": result.init_seconds, "predict_seconds": sum(result.predict_seconds.values()),
                "wall_seconds": result.wall_seconds, "n": len(index)}
+    _keep_result(out, log, metrics, result.ok)
     if not result.ok:
-        write_json_atomic(out / "metrics.json", metrics)
-        print(f"sweep: FAILED ({result.status}): {result.message}\n  log: {out / 'ingestion.log'}")
         return metrics
     accuracy = {name: float((p == labels).mean()) for name, p in result.predictions.items()}
     table = {f: {s: (accuracy[f"{f}_s{s}"], len(index)) for s in corruptions.SEVERITIES} for f in corruptions.FAMILIES}

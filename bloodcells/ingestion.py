@@ -23,7 +23,16 @@ import numpy as np
 from . import NUM_CLASSES, sandbox
 from .cli import UserError
 
+# The one default time limit (seconds) of the kit: Codabench's default. local_eval.py,
+# build_submission.py's checks and --fit-budget all use it unless --time-limit is given.
 DEFAULT_TIME_LIMIT = 600.0
+
+
+def time_limit_text(seconds: float) -> str:
+    """The limit and where it came from, for every place that prints it."""
+    source = ("Codabench's default; set your phase's limit with --time-limit" if seconds == DEFAULT_TIME_LIMIT
+              else "set by --time-limit")
+    return f"{seconds:g} s ({source})"
 
 # The job run in the sandbox (bloodcells.sandbox): Model() and predict() on each set, as
 # the server's ingestion program does, then the optional predict_proba pass.
@@ -198,4 +207,4 @@ def _fmt_seconds(value) -> str:
     return "?" if value is None else f"{value:.1f} s"
 
 
-__all__ = ["DEFAULT_TIME_LIMIT", "IngestionResult", "check_zip", "run_submission", "validate_predictions"]
+__all__ = ["DEFAULT_TIME_LIMIT", "time_limit_text", "IngestionResult", "check_zip", "run_submission", "validate_predictions"]

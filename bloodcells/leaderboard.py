@@ -1,6 +1,12 @@
-"""The local leaderboard, `submission/leaderboard.csv`: one row per evaluated zip
-(keyed by its sha256), with its local scores and, once recorded, the score the real
-server gave it - so the user learns which local number predicts the server's.
+"""The local leaderboard, `submission/leaderboard.csv`: one row per zip (its sha256 and
+name) evaluated on one test set (its data fingerprint) with one shift draw (the seeds),
+with its local scores and, once recorded, the score the real server gave it - so the user
+learns which local number predicts the server's.
+
+Evaluating again updates only that row and only the profiles evaluated; a profile that
+fails keeps its earlier score, with the failed attempt beside it (`failed_<profile>`). A
+row without a score for a profile it failed (a zip that crashes, times out or returns
+nonsense) is listed but never ranked.
 
 Every update is read-modify-write under a lock, written to a temporary file and renamed:
 a killed or failed write leaves the previous leaderboard intact.
@@ -29,7 +35,10 @@ SCORE_KEYS = {"acc": "accuracy", "bacc": "balanced_accuracy", "f1": "macro_f1"}
 PROFILE_LABELS = {"none": "clean", "server": "server-like", "sweep": "sweep"}
 PROFILE_ORDER = ("none", "server", "second_opinion", "sweep")  # columns in this order, then any other
 FAMILY_PREFIX = "fam_"
+FAILED_PREFIX = "failed_"  # failed_<profile>: the last failed attempt ("crashed at TIME"), "" once it succeeds
 SUFFIXES = ("_lo", "_hi", "_min", "_max")
+# What makes a row: the zip (content and name), the test set, the shift draw.
+ROW_KEY = ("zip_sha256", "zip", "data_sha256", "seed")
 
 
 def read_rows(path) -> list[dict]:
@@ -78,6 +87,7 @@ def _columns(rows) -> list[str]:
     seen = {k for row in rows for k in row}
     grouped = [f"{c}{suffix}" for c in local_scores(rows) for suffix in ("",) + SUFFIXES]
     grouped += [f"{prefix}_{p}" for p in profiles_in(rows) for prefix in ("n", "seeds", "predict_seconds")]
+    grouped += [f"{FAILED_PREFIX}{p}" for p in PROFILE_ORDER]
     ordered = list(BASE_COLUMNS) + [c for c in grouped if c in seen and c not in BASE_COLUMNS]
     return ordered + sorted(seen - set(ordered))
 
@@ -100,45 +110,79 @@ def _locked(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def row_key(row: dict) -> tuple:
+    return tuple(str(row.get(k) or "") for k in ROW_KEY)
+
+
+def failures(row: dict) -> dict:
+    """{profile: its last failed attempt} for the profiles whose last attempt failed."""
+    return {k[len(FAILED_PREFIX):]: v for k, v in row.items() if k.startswith(FAILED_PREFIX) and v not in (None, "")}
+
+
+def has_score(row: dict, profile: str) -> bool:
+    return _float(row.get(f"acc_{profile}")) is not None
+
+
+def row_status(row: dict) -> str:
+    """"ok"; "ok; last attempt failed: ..." (earlier scores kept); "failed: ..." (a profile
+    failed and has no score); or the row's own status when it has no evaluation."""
+    failed = failures(row)
+    if not failed:
+        scored = any(k.startswith("acc_") and _float(v) is not None for k, v in row.items())
+        return "ok" if scored else (row.get("status") or "not evaluated")
+    text = ", ".join(f"{p} {what}" for p, what in failed.items())
+    if all(has_score(row, p) for p in failed):
+        return f"ok; last attempt failed: {text}"
+    return f"failed: {text}"
+
+
+def is_ranked(row: dict) -> bool:
+    """Ranked: at least one score, and no failed profile without one."""
+    return str(row.get("status") or "").startswith("ok") and any(
+        k.startswith("acc_") and _float(v) is not None for k, v in row.items())
+
+
 def record_evaluation(path, row: dict) -> dict:
-    """Insert or update the row for row['zip_sha256']. Columns not in `row` (e.g. a
-    profile not evaluated this time, a recorded server score) keep their old values."""
+    """Insert or update the row of (zip sha256, zip name, test set, shift seeds). Columns not
+    in `row` (a profile not evaluated this time, a failed profile's earlier score, a
+    recorded server score) keep their old values; the status is recomputed."""
     with _locked(path):
         rows = read_rows(path)
-        for old in rows:
-            if old.get("zip_sha256") == row["zip_sha256"]:
-                old.update({k: v for k, v in row.items() if v is not None})
-                merged = old
-                break
-        else:
-            merged = dict(row)
+        merged = next((old for old in rows if row_key(old) == row_key(row)), None)
+        if merged is None:
+            merged = {}
             rows.append(merged)
+        merged.update({k: v for k, v in row.items() if v is not None})
+        merged["status"] = row_status(merged)
         write_rows(path, rows)
     return merged
 
 
 def record_server(path, zip_sha256: str | None, zip_name: str, score: float, time: str) -> dict:
-    """Store the score the real server gave a zip. Found by sha256 (zip file given) or
-    by name; a zip never evaluated locally gets a row with only its server score."""
+    """Store the score the real server gave a zip, in every row of it (one per test set).
+    Found by sha256 (zip file given; rows under its name first, else any copy) or by name;
+    a zip never evaluated locally gets a row with only its server score."""
     with _locked(path):
         rows = read_rows(path)
-        matches = [r for r in rows if zip_sha256 and r.get("zip_sha256") == zip_sha256]
-        if not matches and not zip_sha256:
-            matches = [r for r in rows if r.get("zip") == zip_name]
-            if len(matches) > 1:
-                raise UserError(f"{zip_name}: zip: {len(matches)} leaderboard rows have this name; "
-                                f"expected the zip file itself, so it can be told apart by sha256")
-        if matches:
-            row = matches[0]
-        elif zip_sha256:
-            row = {"time": time, "zip": zip_name, "zip_sha256": zip_sha256, "status": "not evaluated"}
-            rows.append(row)
+        matches = []
+        if zip_sha256:
+            same = [r for r in rows if r.get("zip_sha256") == zip_sha256]
+            matches = [r for r in same if r.get("zip") == zip_name] or same
         else:
+            matches = [r for r in rows if r.get("zip") == zip_name]
+            if len({r.get("zip_sha256") for r in matches}) > 1:
+                raise UserError(f"{zip_name}: zip: {len(matches)} leaderboard rows of different zips have this "
+                                f"name; expected the zip file itself, so it can be told apart by sha256")
+        if not matches and zip_sha256:
+            matches = [{"time": time, "zip": zip_name, "zip_sha256": zip_sha256, "status": "not evaluated"}]
+            rows.append(matches[0])
+        elif not matches:
             raise UserError(f"{zip_name}: zip: not in the leaderboard and no such file; expected the "
                             f"path of the zip you uploaded")
-        row["server_score"] = score
+        for row in matches:
+            row["server_score"] = score
         write_rows(path, rows)
-    return row
+    return matches[0]
 
 
 def _float(value):
@@ -149,16 +193,28 @@ def _float(value):
 
 
 def ranking(rows: list[dict], by: str = "acc_server") -> list[dict]:
-    """Rows sorted by a local score (best first); rows without it go last."""
+    """The ranked rows (is_ranked) sorted by a local score, best first; rows without it
+    last, by clean accuracy. Listed-only rows (failed, not evaluated) are not in it."""
     def key(row):
         value = _float(row.get(by))
         fallback = _float(row.get("acc_none"))
         return (value is None, -(value if value is not None else -1.0), -(fallback or 0.0))
-    return sorted(rows, key=key)
+    return sorted((r for r in rows if is_ranked(r)), key=key)
+
+
+def listed_only(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not is_ranked(r)]
 
 
 def server_fits(rows: list[dict]) -> dict:
-    """{local score column: stats.ServerFit} over rows having both it and a server score."""
+    """{local score column: stats.ServerFit} over ranked rows having both it and a server
+    score, on the one test set with the most server scores (scores on two test sets are
+    not one scale)."""
+    scored = [r for r in rows if is_ranked(r) and _float(r.get("server_score")) is not None]
+    by_data: dict = {}
+    for r in scored:
+        by_data.setdefault(r.get("data_sha256") or "", []).append(r)
+    rows = max(by_data.values(), key=len) if by_data else []
     fits = {}
     for column in local_scores(rows):
         pairs = [(_float(r.get(column)), _float(r.get("server_score"))) for r in rows]
@@ -196,15 +252,25 @@ def spread_text(row, profile) -> str:
 def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -> str:
     """The ranking as a text table: per profile the accuracy with its 95 % interval (and the
     spread over shift seeds), the recorded server score, the expected server score once
-    three or more are recorded, and `compare(best_row, row)` -> text against #1 if given."""
+    three or more are recorded, and `compare(best_row, row)` -> text against the best zip
+    on the same test set if given. Rows that are not ranked (failed, not evaluated) follow
+    with "-" as their rank. With several test sets, ranks count within each."""
     out = io.StringIO()
     if not rows:
         return "leaderboard is empty: evaluate a zip with `python local_eval.py ZIP --data TEST`\n"
+    test_sets = list(dict.fromkeys(r.get("data_sha256") or "" for r in rows))
+    several = len(test_sets) > 1
     ranked = ranking(rows, by)
+    ordered = ranked + listed_only(rows)
+    if several:
+        ordered.sort(key=lambda r: test_sets.index(r.get("data_sha256") or ""))  # stable: ranks kept within a set
+    best_of = {}
+    for r in ranked:
+        best_of.setdefault(r.get("data_sha256") or "", r)
     profiles = profiles_in(rows)
     fits = server_fits(rows)
     best = best_fit(fits)
-    headers = ["#", "zip", "evaluated"]
+    headers = ["#", "zip"] + (["test set"] if several else []) + ["evaluated"]
     for p in profiles:
         headers.append(f"{PROFILE_LABELS.get(p, p)} %")
         if any(r.get(f"acc_{p}_min") for r in rows):
@@ -214,13 +280,22 @@ def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -
     headers.append("server")
     if best:
         headers.append("expected server")
-    compare = compare if len(rows) > 1 else None
+    compare = compare if len(ranked) > 1 else None
     if compare:
         headers.append("vs #1 (server-like, pt)")
     headers.append("status")
-    table = []
-    for rank, row in enumerate(ranked, 1):
-        cells = [str(rank), row.get("zip", "")[:40], (row.get("time") or "")[:16]]
+    table, counters = [], {}
+    for row in ordered:
+        data = row.get("data_sha256") or ""
+        if is_ranked(row):
+            counters[data] = counters.get(data, 0) + 1
+            rank = str(counters[data])
+        else:
+            rank = "-"
+        cells = [rank, row.get("zip", "")[:40]]
+        if several:
+            cells.append(f"{Path(str(row.get('data') or '?')).name[:24]} ({data[:8] or '?'})")
+        cells.append((row.get("time") or "")[:16])
         for p in profiles:
             cells.append(estimate_text(row, p))
             if any(r.get(f"acc_{p}_min") for r in rows):
@@ -230,13 +305,14 @@ def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -
         cells.append(_percent_text(row.get("server_score")))
         if best:
             local = _float(row.get(best[0]))
-            if local is None:
+            if local is None or not is_ranked(row):
                 cells.append("")
             else:
                 expected, low, high = best[1].predict(local)
                 cells.append(f"{100 * expected:.1f} [{100 * low:.1f}, {100 * high:.1f}]")
         if compare:
-            cells.append("" if rank == 1 else (compare(ranked[0], row) or ""))
+            top = best_of.get(data)
+            cells.append("" if top is None or top is row or not is_ranked(row) else (compare(top, row) or ""))
         cells.append(row.get("status", ""))
         table.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
@@ -244,6 +320,8 @@ def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -
     for r in table:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
     out.write(f"(ranked by {by}; accuracies in %, [95 % interval over test images])\n")
+    if any(not is_ranked(r) for r in rows):
+        out.write("(#: - = listed, not ranked: no evaluation, or a profile failed and has no score)\n")
     n_server = sum(_float(r.get("server_score")) is not None for r in rows)
     if n_server < stats.MIN_SERVER_SCORES:
         out.write(f"{n_server} server score(s) recorded; with {stats.MIN_SERVER_SCORES} or more, each local "
@@ -272,6 +350,6 @@ def _percent_text(value) -> str:
     return "" if v is None else f"{v:.1f}"
 
 
-__all__ = ["BASE_COLUMNS", "SCORE_KEYS", "FAMILY_PREFIX", "read_rows", "write_rows", "record_evaluation",
-           "record_server", "ranking", "profiles_in", "local_scores", "server_fits", "best_fit",
+__all__ = ["BASE_COLUMNS", "SCORE_KEYS", "FAMILY_PREFIX", "FAILED_PREFIX", "ROW_KEY", "read_rows", "write_rows",
+           "row_key", "row_status", "is_ranked", "record_evaluation", "record_server", "ranking", "listed_only", "profiles_in", "local_scores", "server_fits", "best_fit",
            "format_leaderboard"]

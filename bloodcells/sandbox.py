@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import UserError
+
 PRELUDE = r'''
 import json, os, sys, time, traceback
 SUBMISSION, IO = sys.argv[1], sys.argv[2]
@@ -289,7 +291,7 @@ def temp_root() -> Path:
     return Path(tempfile.gettempdir()) / f"bloodcells-{os.getuid()}"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -310,7 +312,7 @@ def clean_stale(root=None) -> list:
         return removed
     for entry in entries:
         match = OWNED.match(entry.name)
-        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+        if match and int(match["pid"]) != os.getpid() and not alive(int(match["pid"])):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
@@ -331,6 +333,44 @@ def temporary_folder(kind: str, parent=None):
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- output paths: checked before the long work starts ----------------------------------
+
+def check_output_folder(path, option: str) -> None:
+    """UserError (one line) unless `path` is, or can be made, a folder this process can write in."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option}: {path} is a file; expected a folder (or a path where one can be made)")
+    _check_writable(path, option)
+
+
+def check_output_file(path, option: str) -> None:
+    """UserError (one line) unless `path` can be written (through a temporary sibling renamed onto it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option}: {path} is a folder; expected a file path")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise UserError(f"{option}: {path} is read-only; expected a file this user can write")
+    _check_writable(path.parent, option)
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option}: {folder}: {existing} is a file, so no folder can be made there; "
+                        f"expected a path in a writable folder")
+    try:  # os.access alone misses read-only mounts for root and special file systems
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError("permission denied")
+        fd, probe = tempfile.mkstemp(prefix=".bloodcells_write_test_", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{option}: {folder}: {existing} is not writable ({exc.strerror or exc}); "
+                        f"expected a path in a writable folder") from None
 
 
 def _read_json(path: Path) -> dict:

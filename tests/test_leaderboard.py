@@ -29,7 +29,7 @@ def test_record_evaluation_inserts_then_updates_the_same_zip(tmp_path):
     board.record_evaluation(path, row("bbb", 0.8, 0.6))
     assert [r["zip_sha256"] for r in board.read_rows(path)] == ["aaa", "bbb"]
     # Same zip again with only a sweep: its other columns are kept.
-    board.record_evaluation(path, {"zip_sha256": "aaa", "acc_sweep": 0.45})
+    board.record_evaluation(path, {"zip_sha256": "aaa", "zip": "aaa.zip", "acc_sweep": 0.45})
     rows = {r["zip_sha256"]: r for r in board.read_rows(path)}
     assert len(rows) == 2
     assert rows["aaa"]["acc_sweep"] == "0.45" and rows["aaa"]["acc_none"] == "0.9"
@@ -177,3 +177,52 @@ def test_cli_record_server_and_print_leaderboard(tmp_path):
     assert lines[1].split()[1] == "sub2.zip"  # best server-like accuracy first
     assert "acc_server" in shown.stdout and "rho +1.00  (n=3)" in shown.stdout and "<- predicts best" in shown.stdout
     assert "61.0" in shown.stdout
+
+
+# -- rows keep what was measured (issue 27) ------------------------------------------------------
+
+def test_a_failed_attempt_keeps_the_earlier_score_beside_it(tmp_path):
+    path = tmp_path / "lb.csv"
+    board.record_evaluation(path, row("aaa", 0.9, 0.5, data_sha256="d1", seed="1 2 3", failed_none=""))
+    board.record_evaluation(path, {"zip_sha256": "aaa", "zip": "aaa.zip", "data_sha256": "d1", "seed": "1 2 3",
+                                   "failed_none": "crashed at 2026-01-02T00:00:00Z"})
+    (kept,) = board.read_rows(path)
+    assert kept["acc_none"] == "0.9" and kept["acc_server"] == "0.5"
+    assert kept["status"] == "ok; last attempt failed: none crashed at 2026-01-02T00:00:00Z"
+    assert board.is_ranked(kept)
+    # a later success clears the failed attempt
+    board.record_evaluation(path, {**row("aaa", 0.91, 0.5), "data_sha256": "d1", "seed": "1 2 3", "failed_none": ""})
+    (kept,) = board.read_rows(path)
+    assert kept["acc_none"] == "0.91" and kept["status"] == "ok"
+
+
+def test_other_test_sets_and_copies_under_other_names_get_their_own_rows(tmp_path):
+    path = tmp_path / "lb.csv"
+    board.record_evaluation(path, row("aaa", 0.9, 0.6, data_sha256="d1", seed="1 2 3", n_none=320, n_server=320))
+    board.record_evaluation(path, {"zip_sha256": "aaa", "zip": "aaa.zip", "data_sha256": "d2", "seed": "1 2 3",
+                                   "acc_none": 0.125, "n_none": 64, "status": "ok"})
+    board.record_evaluation(path, row("aaa", 0.9, 0.6, data_sha256="d1", seed="1 2 3") | {"zip": "copy.zip"})
+    rows = board.read_rows(path)
+    assert [(r["zip"], r["data_sha256"]) for r in rows] == [("aaa.zip", "d1"), ("aaa.zip", "d2"), ("copy.zip", "d1")]
+    first = rows[0]
+    assert (first["acc_none"], first["n_none"], first["acc_server"], first["n_server"]) == ("0.9", "320", "0.6", "320")
+    assert rows[1]["acc_server"] == "" and rows[1]["n_none"] == "64"  # never mixed with the other test set
+    text = board.format_leaderboard(rows)
+    assert "test set" in text.splitlines()[0]
+
+
+def test_a_crashed_zip_is_listed_but_never_ranked_nor_compared(tmp_path):
+    path = tmp_path / "lb.csv"
+    board.record_evaluation(path, row("good", 0.9, 0.5))
+    board.record_evaluation(path, {"zip_sha256": "bad", "zip": "bad.zip", "acc_none": "", "acc_server": "",
+                                   "failed_none": "crashed at t", "failed_server": "crashed at t"})
+    board.record_evaluation(path, row("fine", 0.8, 0.4))
+    rows = board.read_rows(path)
+    assert [r["zip"] for r in board.ranking(rows)] == ["good.zip", "fine.zip"]
+    bad = next(r for r in rows if r["zip"] == "bad.zip")
+    assert bad["status"] == "failed: none crashed at t, server crashed at t" and not board.is_ranked(bad)
+    compared = []
+    text = board.format_leaderboard(rows, compare=lambda best, r: compared.append((best["zip"], r["zip"])) or "x")
+    assert compared == [("good.zip", "fine.zip")]
+    line = next(line for line in text.splitlines() if "bad.zip" in line)
+    assert line.split()[0] == "-" and "listed, not ranked" in text
