@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells import IMAGE_SIZE, NUM_CLASSES, sandbox
+from bloodcells.ingestion import DEFAULT_TIME_LIMIT, time_limit_text
 from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT
 
 MANIFEST_NAME = "manifest.json"  # written by bloodcells.submission.stage
@@ -38,7 +39,7 @@ class Limits:
 
     probe_images: int = 64  # images predicted in the validation run
     test_images: int = 20_000  # test-set size the time per image is extrapolated to
-    time_limit_s: float = 3600.0  # the phase's time limit
+    time_limit_s: float = DEFAULT_TIME_LIMIT  # the phase's time limit (Codabench's default, as local_eval.py)
     speedup: float = 1.0  # how many times faster the server is than this machine (e.g. it has a GPU)
     max_size_mb: float = 500.0  # zip size limit
     half_tolerance: float = 0.01  # --half: largest allowed |p16 - p32| on the probe batch
@@ -48,7 +49,7 @@ class Limits:
 
     def describe(self) -> str:
         return (f"probe {self.probe_images} images, test set {self.test_images} images, "
-                f"time limit {self.time_limit_s:g} s (server {self.speedup:g}x this machine), size limit {self.max_size_mb:g} MB, "
+                f"time limit {time_limit_text(self.time_limit_s)} (server {self.speedup:g}x this machine), size limit {self.max_size_mb:g} MB, "
                 f"half tolerance {self.half_tolerance:g}")
 
 
