@@ -80,6 +80,7 @@ def parse_args(argv):
 @run_cli
 def main(argv=None):
     args = parse_args(argv)
+    sandbox.clean_stale()  # what a killed run left
     if args.record_server or (args.zip and args.data):
         sandbox.check_output_file(args.leaderboard_file, "--leaderboard-file")
     if args.record_server:

@@ -66,7 +66,7 @@ class Plan:
     def describe(self) -> str:
         per_image = sum(m.seconds_per_view for m in self.members) * self.views
         lines = [f"budget plan: {self.views} TTA view(s) x {len(self.members)} member(s) -> {self.test_images} images "
-                 f"in ~{self.projected_s:.0f} s on the server (limit {time_limit_text(self.time_limit_s)}, margin {self.margin:.0%}: "
+                 f"in ~{self.projected_s:.0f} s on the server (limit {self.time_limit_s:g} s, margin {self.margin:.0%}: "
                  f"budget {self.budget_s:.0f} s; this machine / {self.speedup:g})"]
         for m in self.members:
             lines.append(f"  {m.name}: {m.seconds_per_view * 1e3:.2f} ms per image-view here, fixed {m.fixed_s:.1f} s")
@@ -74,6 +74,7 @@ class Plan:
             lines.append(f"  dropped {m.name} ({m.seconds_per_view * 1e3:.2f} ms per image-view here): "
                          f"even one view per member did not fit")
         lines.append(f"  {per_image * 1e3:.1f} ms per image here")
+        lines.append(f"  time limit {time_limit_text(self.time_limit_s)}")
         return "\n".join(lines)
 
 

@@ -30,9 +30,10 @@ DEFAULT_TIME_LIMIT = 600.0
 
 def time_limit_text(seconds: float) -> str:
     """The limit and where it came from, for every place that prints it."""
-    source = ("Codabench's default; set your phase's limit with --time-limit" if seconds == DEFAULT_TIME_LIMIT
-              else "set by --time-limit")
-    return f"{seconds:g} s ({source})"
+    if seconds == DEFAULT_TIME_LIMIT:
+        return f"{seconds:g} s: Codabench's default, --time-limit sets your phase's"
+    return f"{seconds:g} s: set by --time-limit"
+
 
 # The job run in the sandbox (bloodcells.sandbox): Model() and predict() on each set, as
 # the server's ingestion program does, then the optional predict_proba pass.

@@ -9,21 +9,23 @@ TTA views fitted to the time limit by --fit-budget: bloodcells.budget).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import re
 import shutil
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from bloodcells import sandbox
 from bloodcells.budget import DEFAULT_MARGIN
 from bloodcells.cli import UserError, run_cli
-from bloodcells.files import atomic_path, sha256_file
+from bloodcells.files import sha256_file
 from bloodcells.models import read_export, shipped_model_module
 from bloodcells.validation import MANIFEST_NAME, Limits, Report, validate
 
@@ -120,6 +122,100 @@ def submission_path(out_dir) -> Path:
     return path
 
 
+def check_export(folder) -> tuple[dict, Path]:
+    """read_export(), then the weights file against the network model.json describes, in
+    this process: a truncated file or weights of another network is a one-line UserError
+    naming the file, the first layer that does not fit and its expected and found shapes."""
+    import warnings
+
+    import h5py
+
+    spec, weights = read_export(folder)
+    try:
+        with h5py.File(weights, "r") as fh:
+            fh.visit(lambda name: None)  # reads every group header: a truncated file fails here
+    except OSError as exc:
+        raise UserError(f"{weights}: weights: unreadable ({' '.join(str(exc).split())[:120]}); expected a complete "
+                        f"Keras .weights.h5 (copy it again, or re-export the model)") from None
+    net = shipped_model_module().build_network(spec)
+    misfits = []
+
+    def recording(layer):
+        load = layer.load_own_variables
+
+        def load_and_record(store):
+            try:
+                load(store)
+            except Exception:
+                found = [tuple(store[key].shape) for key in store.keys()]
+                misfits.append((layer.name, [tuple(v.shape) for v in layer.weights], found))
+                raise
+        return load_and_record
+
+    for layer in net._flatten_layers(include_self=False, recursive=True):
+        layer.load_own_variables = recording(layer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net.load_weights(str(weights))
+    except Exception as exc:  # Keras raises several types for a file of another network
+        where = Path(folder) / "model.json"
+        if misfits:
+            name, expected, found = misfits[0]
+            more = f" (and {len(misfits) - 1} more layer(s))" if len(misfits) > 1 else ""
+            raise UserError(f"{weights}: layer {name}: expected weights of shapes {_shapes(expected)}, found "
+                            f"{_shapes(found) if found else 'none'}{more}; the file holds another network than "
+                            f"{where} describes ({spec['backbone']}): export the two together") from None
+        raise UserError(f"{weights}: weights: do not fit the network {where} describes ({spec['backbone']}): "
+                        f"{' '.join(str(exc).split())[:160]}") from None
+    return spec, weights
+
+
+def _shapes(shapes) -> str:
+    return " ".join("(" + ", ".join(map(str, s)) + ")" for s in shapes)
+
+
+TMP_ZIP_PATTERN = ".submission_*.zip.*.tmp"
+
+
+def remove_stale_zips(out_dir) -> list:
+    """Remove hidden temporary zips that no running build holds (a build killed before its
+    rename left them); a running build holds a lock on its own."""
+    removed = []
+    for path in Path(out_dir).glob(TMP_ZIP_PATTERN):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a running build's
+        else:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def locked_temporary_zip(final: Path):
+    """A hidden temporary zip beside `final`, locked while this build runs, renamed onto
+    `final` on success and removed otherwise."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------------------------------
 # Command line (build_submission.py is a thin wrapper)
 # ---------------------------------------------------------------------------------------
@@ -134,8 +230,21 @@ def _default_weights() -> list[Path]:
 
 
 def _limits(args) -> Limits:
-    if args.speedup <= 0:
-        raise UserError(f"--speedup: expected a positive factor, got {args.speedup}")
+    for option, value, low, expected in (
+            ("--probe-images", args.probe_images, 1, "a number of images >= 1"),
+            ("--test-images", args.test_images, 1, "a number of images >= 1")):
+        if value < low:
+            raise UserError(f"{option}: {value}; expected {expected}")
+    for option, value in (("--time-limit", args.time_limit), ("--speedup", args.speedup),
+                          ("--max-size-mb", args.max_size_mb), ("--timeout", args.timeout)):
+        if not value > 0:  # also NaN
+            raise UserError(f"{option}: {value:g}; expected a positive number")
+    for option, value in (("--half-tolerance", args.half_tolerance), ("--parity-tolerance", args.parity_tolerance),
+                          ("--reference-tolerance", args.reference_tolerance)):
+        if not value >= 0:
+            raise UserError(f"{option}: {value:g}; expected a tolerance >= 0")
+    if not 0 <= args.budget_margin < 1:
+        raise UserError(f"--budget-margin: {args.budget_margin:g}; expected a share in [0, 1)")
     return Limits(probe_images=args.probe_images, test_images=args.test_images, time_limit_s=args.time_limit,
                   speedup=args.speedup,
                   max_size_mb=args.max_size_mb, half_tolerance=args.half_tolerance, timeout_s=args.timeout,
@@ -176,7 +285,8 @@ def parser() -> argparse.ArgumentParser:
     d = Limits()
     ap.add_argument("--probe-images", type=int, default=d.probe_images, help=f"default {d.probe_images}")
     ap.add_argument("--test-images", type=int, default=d.test_images, help=f"default {d.test_images}")
-    ap.add_argument("--time-limit", type=float, default=d.time_limit_s, help=f"seconds, default {d.time_limit_s:g}")
+    ap.add_argument("--time-limit", type=float, default=d.time_limit_s,
+                    help=f"seconds, default {d.time_limit_s:g} (Codabench's default, as local_eval.py): set your phase's")
     ap.add_argument("--speedup", type=float, default=d.speedup,
                     help=f"how many times faster the server runs model.py than this machine, default {d.speedup:g}")
     ap.add_argument("--max-size-mb", type=float, default=d.max_size_mb, help=f"default {d.max_size_mb:g}")
@@ -193,9 +303,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    sandbox.clean_stale()  # what a killed run left
     limits = _limits(args)
     if args.python and not Path(args.python).exists():
         raise UserError(f"--python: {args.python} not found; build the server environment with `make server-check`")
+    if not args.check:
+        sandbox.check_output_folder(args.out, "--out")
     print(f"limits: {limits.describe()} (change with --probe-images/--test-images/--time-limit/--speedup/--max-size-mb)")
     if args.check:
         if not args.check.is_file():
@@ -221,8 +334,9 @@ def main(argv=None):
         weights = ensemble_select.select_for_build(args, limits)
     else:
         weights = args.weights or _default_weights()
+    remove_stale_zips(args.out)
     for w in weights:
-        read_export(w)
+        check_export(w)
     extra_spec = None
     if args.fit_budget:
         from bloodcells.budget import fit_budget
@@ -230,17 +344,18 @@ def main(argv=None):
         plan = fit_budget(weights, limits, args.tta, args.tta_mode, args.python, args.budget_margin)
         weights, args.tta, extra_spec = plan.weights, plan.views, {"budget": plan.record()}
     final = submission_path(args.out)
-    with tempfile.TemporaryDirectory(prefix="bloodcells_stage_") as tmp:
-        staged = Path(tmp) / "zip"
+    with sandbox.temporary_folder("stage") as tmp:
+        staged = tmp / "zip"
         manifest = stage(weights, staged, args.tta, args.tta_mode, args.tta_merge, half=args.half, extra_spec=extra_spec)
         reference = None
         if args.half:
-            reference = Path(tmp) / "float32"
+            reference = tmp / "float32"
             stage(weights, reference, args.tta, args.tta_mode, args.tta_merge, half=False, extra_spec=extra_spec)
         for m in manifest["models"]:
             print(f"model {m['name']}: {m['backbone']} from {m['export']} (run {m['source_run']}), "
                   f"TTA {m['tta']}, weights {m['weights_dtype']}")
-        with atomic_path(final) as tmp_zip:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with locked_temporary_zip(final) as tmp_zip:
             zip_folder(staged, tmp_zip)
             os.chmod(tmp_zip, 0o644)  # the temporary file is private; the zip is an ordinary file
             parity = sys.executable if args.python and not args.no_parity else None

@@ -49,8 +49,8 @@ class Limits:
 
     def describe(self) -> str:
         return (f"probe {self.probe_images} images, test set {self.test_images} images, "
-                f"time limit {time_limit_text(self.time_limit_s)} (server {self.speedup:g}x this machine), size limit {self.max_size_mb:g} MB, "
-                f"half tolerance {self.half_tolerance:g}")
+                f"server {self.speedup:g}x this machine, size limit {self.max_size_mb:g} MB, "
+                f"half tolerance {self.half_tolerance:g}, time limit {time_limit_text(self.time_limit_s)}")
 
 
 @dataclass
@@ -283,8 +283,10 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
         stage = result.get("stage", "?")
         report.add("runs", False, f"failed at {stage}: {sandbox.last_line(result['error'])}",
                    {"import model": "model.py must import with numpy and tensorflow/keras only",
-                    "Model()": "Model() must take no arguments and find its files next to model.py "
-                               "(os.path.dirname(__file__)); check the weights match the spec",
+                    "Model()": "if the error is about weights, a weights file does not fit its JSON: build the zip "
+                               "from an export (model.json + model.weights.h5 written together) with "
+                               "build_submission.py --weights; else Model() must take no arguments and find its "
+                               "files next to model.py (os.path.dirname(__file__))",
                     "start": "pass an existing interpreter to --python (make server-check builds .venv-server)",
                     "timeout": f"make predict faster (fewer TTA views: --tta, a smaller backbone) or raise --timeout",
                     }.get(stage, "run `python -c 'from model import Model; Model().predict(X)'` in the extracted "

@@ -84,6 +84,7 @@ def test_fit_budget_writes_the_plan_into_the_zip(exports, tmp_path, capsys, monk
     assert seen == [["fast", "slow"]]
     assert "budget plan: 3 TTA view(s) x 2 member(s) -> 1000 images in ~1562 s" in out
     assert "limit 2200 s, margin 25%: budget 1650 s" in out and "ok    time" in out
+    assert "  time limit 2200 s: set by --time-limit" in out  # the plan says where its limit came from
     specs = zipped_specs(Path(out.strip().splitlines()[-1]))
     assert sorted(specs) == ["fast", "slow"] and {s["tta"]["views"] for s in specs.values()} == {3}
     record = specs["slow"]["budget"]

@@ -191,6 +191,6 @@ def test_one_time_limit_for_building_fitting_and_evaluating(tmp_path, pixel_zip,
     assert DEFAULT_TIME_LIMIT == 600 and Limits().time_limit_s == DEFAULT_TIME_LIMIT
     data = make_test_set(tmp_path / "test.npz", 8)
     result = evaluate(pixel_zip, "--data", data, "--profile", "none")
-    assert "time limit per set 600 s (Codabench's default" in result.stdout
+    assert "time limit per set 600 s: Codabench's default, --time-limit sets your phase's" in result.stdout
     readme = " ".join((REPO / "README.md").read_text().split())
     assert "share one default time limit, 600 s" in readme

@@ -68,8 +68,8 @@ def test_build_writes_a_validated_zip_with_everything_at_the_root(export, tmp_pa
     zip_path = Path(last)
     assert zip_path.parent == tmp_path / "sub" and re.fullmatch(r"submission_\d{6}_\d{6}\.zip", zip_path.name)
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [zip_path.name]  # no temporary left
-    assert "limits: probe 8 images, test set 20000 images, time limit 3600 s (server 2x this machine), " \
-           "size limit 500 MB" in out
+    assert "limits: probe 8 images, test set 20000 images, server 2x this machine, size limit 500 MB, " \
+           "half tolerance 0.01, time limit 600 s: Codabench's default, --time-limit sets your phase's" in out
     assert re.search(r"ok    time: [\d.]+ ms/image here -> 20000 images in ~\d+ s here, ~\d+ s on a server 2x faster", out)
     assert "FAIL" not in out and "ok    deterministic" in out and "ok    time" in out
     with zipfile.ZipFile(zip_path) as zf:
