@@ -10,7 +10,7 @@ network) and its weights file (Keras `save_weights` format, float32 or float16).
 Several pairs form an ensemble (probabilities averaged).
 
 Format bloodcells-model/2: the network is exactly `build_network(spec)` (keras.applications
-built with weights=None), whatever the training weights were; what Keras builds only for
+built with weights=None, or model.py's own EfficientNet-Lite), whatever the training weights were; what Keras builds only for
 `weights="imagenet"` (EfficientNetB0-B7's stem Rescaling) was folded into the weights at
 training time. Format /1 exports load only for backbones whose Keras graph does not depend
 on the weights source; for the others a one-line error asks to re-export.
@@ -46,6 +46,8 @@ DEFAULT_HEAD = {"dense_units": 128, "dropout": 0.2, "bn_momentum": 0.9, "activat
 # through this function, so the shipped weights always fit.
 # ---------------------------------------------------------------------------------------
 
+LITE_CONSTRUCTOR = "efficientnet_lite"  # model.py's own (keras.applications has no Lite)
+
 # name -> (keras.applications constructor name, how it expects pixels in 0-255)
 BACKBONES = {
     **{f"efficientnetb{i}": (f"EfficientNetB{i}", "raw") for i in range(8)},
@@ -56,6 +58,7 @@ BACKBONES = {
     "resnet101": ("ResNet101", "caffe"),
     **{f"convnext_{s.lower()}": (f"ConvNeXt{s}", "raw")
        for s in ("Tiny", "Small", "Base", "Large", "XLarge")},
+    **{f"efficientnet_lite{i}": (LITE_CONSTRUCTOR, "lite") for i in range(3)},
     "small_cnn": (None, "unit"),
 }
 
@@ -90,9 +93,12 @@ class ImageStandardization(keras.layers.Layer):
         return {**super().get_config(), "per_channel": self.per_channel}
 
 
-def _preprocess(x, mode):
+def preprocess_pixels(x, mode):
+    """0-255 pixels into the range the backbone's weights expect (BACKBONES' mode)."""
     if mode == "tf":  # [-1, 1]
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(x)
+    if mode == "lite":  # (x - 127) / 128, as Google's EfficientNet-Lite checkpoints were trained
+        return keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="to_lite_range")(x)
     if mode == "caffe":
         return CaffePreprocess(name="caffe_preprocess")(x)
     if mode == "unit":  # [0, 1]
@@ -146,6 +152,62 @@ def _small_cnn(x, options):
     return x
 
 
+# EfficientNet-Lite (Google's EfficientNet for mobile: B0's blocks without squeeze-excite,
+# ReLU6, the 32-channel stem and 1280-channel head not scaled), written here because
+# keras.applications has none. Per stage: (kernel, stride, expand ratio, output channels,
+# repeats), B0's layout; per model: (width, depth) multipliers.
+LITE_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+               (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+LITE_SCALING = {"efficientnet_lite0": (1.0, 1.0), "efficientnet_lite1": (1.0, 1.1),
+                "efficientnet_lite2": (1.1, 1.2)}
+LITE_STEM, LITE_HEAD, LITE_BN_EPSILON = 32, 1280, 1e-3
+
+
+def _lite_channels(channels, width, divisor=8):
+    """Channels scaled by `width`, rounded to a multiple of 8, never down by more than 10 %."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def efficientnet_lite(name, input_shape):
+    """The EfficientNet-Lite backbone `name` (inputs already in (x - 127) / 128), up to the
+    head convolution; layers named as keras.applications names EfficientNet's (stem_*,
+    block{stage}{letter}_*, top_*), so block-wise unfreezing works alike for both."""
+    width, depth = LITE_SCALING[name]
+    L = keras.layers
+
+    def bn_relu6(x, prefix, relu=True):
+        x = L.BatchNormalization(epsilon=LITE_BN_EPSILON, name=f"{prefix}bn")(x)
+        return L.ReLU(6.0, name=f"{prefix}activation")(x) if relu else x
+
+    inputs = keras.Input(input_shape, name="input")
+    x = L.Conv2D(LITE_STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = bn_relu6(x, "stem_")
+    channels = LITE_STEM
+    for stage, (kernel, stride, expand, out, repeats) in enumerate(LITE_STAGES):
+        out = _lite_channels(out, width)
+        if 0 < stage < len(LITE_STAGES) - 1:  # the first and last stages keep one block
+            repeats = int(np.ceil(depth * repeats))
+        for block in range(repeats):
+            prefix = f"block{stage + 1}{chr(ord('a') + block)}_"
+            strides = stride if block == 0 else 1
+            y = x
+            if expand != 1:
+                y = L.Conv2D(channels * expand, 1, padding="same", use_bias=False, name=f"{prefix}expand_conv")(y)
+                y = bn_relu6(y, f"{prefix}expand_")
+            y = L.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False, name=f"{prefix}dwconv")(y)
+            y = bn_relu6(y, prefix)
+            y = L.Conv2D(out, 1, padding="same", use_bias=False, name=f"{prefix}project_conv")(y)
+            y = bn_relu6(y, f"{prefix}project_", relu=False)
+            if strides == 1 and channels == out:
+                y = L.Add(name=f"{prefix}add")([x, y])
+            x, channels = y, out
+    x = L.Conv2D(LITE_HEAD, 1, padding="same", use_bias=False, name="top_conv")(x)
+    x = bn_relu6(x, "top_")
+    return keras.Model(inputs, x, name=name)
+
+
 def build_dependent(backbone):
     """Whether keras.applications builds this backbone differently for weights="imagenet"
     (EfficientNetB0-B7 add a Rescaling after the stem Normalization)."""
@@ -186,7 +248,7 @@ def build_network(spec):
     x = inputs
     if resize_to and int(resize_to) != size:
         x = keras.layers.Resizing(int(resize_to), int(resize_to), name="resize")(x)
-    x = _preprocess(x, mode)
+    x = preprocess_pixels(x, mode)
     if constructor is None:
         norm = options.get("input_norm", "none")
         if norm not in INPUT_NORMS:
@@ -194,6 +256,8 @@ def build_network(spec):
         if norm != "none":
             x = ImageStandardization(per_channel=norm == "channel", name="standardize")(x)
         x = _small_cnn(x, options)
+    elif constructor == LITE_CONSTRUCTOR:
+        x = efficientnet_lite(name, kwargs["input_shape"])(x)
     else:
         x = getattr(keras.applications, constructor)(weights=None, **kwargs)(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)

@@ -159,7 +159,8 @@ class PhaseConfig:
 
 @dataclass
 class FineTuneConfig(PhaseConfig):
-    """Phase 2: the top `unfreeze` backbone layers ("all" or a count) learn too."""
+    """Phase 2: the top `unfreeze` backbone layers ("all", a count, or "blocks:K" whole
+    blocks and what follows them) learn too."""
     epochs: int = ranged(10, "[0, inf)")
     lr: float = ranged(1e-4, "(0, inf)")
     unfreeze: str | int = ranged("all", "[0, inf)")
@@ -302,9 +303,13 @@ def _typed(cls, values: dict, source: str, where: tuple):
                                 f"{NUM_CLASSES} (one per class) in {limit}")
             else:
                 value = check_value(value, "number", limit, source, dotted)
-        elif f.type == "str | int":  # unfreeze: "all" or a count
-            if not (isinstance(value, str) and value.lower() == "all"):
-                value = check_value(value, "integer", limit, source, dotted, expected="'all' or an integer >= 0")
+        elif f.type == "str | int":  # unfreeze: "all", a layer count, or "blocks:K" whole blocks
+            blocks = isinstance(value, str) and re.fullmatch(r"blocks:(\d+)", value.strip().lower())
+            if blocks:
+                value = f"blocks:{int(blocks.group(1))}"
+            elif not (isinstance(value, str) and value.lower() == "all"):
+                value = check_value(value, "integer", limit, source, dotted,
+                                    expected="'all', an integer >= 0 or 'blocks:K' (the top K blocks)")
             else:
                 value = "all"
         else:

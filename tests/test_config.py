@@ -89,7 +89,7 @@ def test_booleans_are_booleans(raw, message):
      "train.focal_alpha: [0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 2.0]; expected 8 numbers in [0, 1] (one per class)"),
     ({"train": {"min_lr": float("nan")}}, "train.min_lr: nan; expected a number >= 0"),
     ({"train": {"optimizer": 3}}, "train.optimizer: 3; expected one of adam, adamw, rmsprop, lion"),
-    ({"phase2": {"unfreeze": "most"}}, "phase2.unfreeze: 'most'; expected 'all' or an integer >= 0"),
+    ({"phase2": {"unfreeze": "most"}}, "phase2.unfreeze: 'most'; expected 'all', an integer >= 0 or 'blocks:K' (the top K blocks)"),
     ({"seed": -1}, "seed: -1; expected an integer in [0, 4294967295]"),
 ])
 def test_values_are_typed_and_in_range(raw, message):
@@ -163,3 +163,12 @@ def test_config_errors_and_help_come_before_tensorflow(tmp_path):
     assert heavy == "[]", heavy
     assert "train.batch_size: 16.7; expected an integer >= 1" in result.stderr
     assert float(seconds) < 2.0 or wall < 5.0, (seconds, wall)  # a loaded 2-core machine gets some slack
+
+
+def test_unfreeze_takes_all_a_layer_count_or_whole_blocks():
+    assert resolve_config({"phase2": {"unfreeze": "blocks:3"}}).phase2.unfreeze == "blocks:3"
+    assert resolve_config({"phase2": {"unfreeze": "ALL"}}).phase2.unfreeze == "all"
+    assert resolve_config({"phase2": {"unfreeze": 40}}).phase2.unfreeze == 40
+    for bad in ("blocks:x", "blocks:-1", "some", -1, 2.5):
+        with pytest.raises(UserError, match=r"phase2.unfreeze: .*'blocks:K'"):
+            resolve_config({"phase2": {"unfreeze": bad}})
