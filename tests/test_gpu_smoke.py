@@ -13,12 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_smoke_without_a_gpu_says_so_and_exits_0():
+@pytest.mark.parametrize("script", ["gpu_smoke.py", "gpu_real_weights.py"])
+def test_gpu_benches_without_a_gpu_say_so_and_exit_0(script):
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
-        pytest.skip("this machine has a GPU: run bench/gpu_smoke.py itself")
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_smoke.py")], capture_output=True, text=True,
+        pytest.skip(f"this machine has a GPU: run bench/{script} itself")
+    result = subprocess.run([sys.executable, str(REPO / "bench" / script)], capture_output=True, text=True,
                             cwd=REPO, timeout=300,
                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TF_CPP_MIN_LOG_LEVEL": "2",
                                  "CUDA_VISIBLE_DEVICES": ""})
