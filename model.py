@@ -328,18 +328,49 @@ def _apply_view(x, view):
     return x
 
 
+MANIFEST_NAME = "manifest.json"  # written by build_submission.py: lists the members
+
+
 def _find_specs(folder):
+    """[(path, spec)] of the ensemble's members: every *.json with a bloodcells-model format.
+    A JSON that looks like a member (its name matches a weights file, or it names a
+    bloodcells-model format) but cannot be read is an error, never a skipped member; when
+    the manifest is there, the members must be exactly the ones it lists."""
+    files = sorted(os.listdir(folder))
+    weights_stems = {f.split(".")[0] for f in files if f.endswith(".h5")}
     specs = []
-    for file in sorted(os.listdir(folder)):
-        if not file.endswith(".json"):
+    for file in files:
+        if not file.endswith(".json") or file == MANIFEST_NAME:
             continue
-        with open(os.path.join(folder, file)) as fh:
-            try:
-                spec = json.load(fh)
-            except ValueError:
-                continue
-        if isinstance(spec, dict) and spec.get("format") in SPEC_FORMATS:
+        with open(os.path.join(folder, file), "rb") as fh:
+            raw = fh.read()
+        looks_like_member = file[:-len(".json")] in weights_stems or b"bloodcells-model" in raw
+        try:
+            spec = json.loads(raw)
+        except ValueError as exc:
+            if looks_like_member:
+                raise ValueError(f"{file} next to model.py: not valid JSON ({exc}); it is an ensemble member's "
+                                 f"spec: rebuild the zip") from None
+            continue
+        form = spec.get("format") if isinstance(spec, dict) else None
+        if form in SPEC_FORMATS:
             specs.append((os.path.join(folder, file), spec))
+        elif looks_like_member:
+            raise ValueError(f"{file} next to model.py: format {form!r}; expected {SPEC_FORMAT!r} "
+                             f"(an ensemble member's spec): rebuild the zip")
+    manifest_path = os.path.join(folder, MANIFEST_NAME)
+    if os.path.isfile(manifest_path):
+        try:
+            with open(manifest_path) as fh:
+                listed = {str(m["name"]) for m in json.load(fh)["models"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{MANIFEST_NAME} next to model.py: unreadable ({exc!r}); rebuild the zip") from None
+        found = {os.path.basename(path)[:-len(".json")] for path, _ in specs}
+        if found != listed:
+            missing, extra = sorted(listed - found), sorted(found - listed)
+            raise ValueError(f"{MANIFEST_NAME} next to model.py: members {sorted(listed)}; found "
+                             f"{sorted(found)} ({'missing ' + ', '.join(missing) if missing else ''}"
+                             f"{'; ' if missing and extra else ''}{'not listed ' + ', '.join(extra) if extra else ''})")
     return specs
 
 

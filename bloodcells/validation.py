@@ -23,9 +23,9 @@ import numpy as np
 
 from bloodcells import IMAGE_SIZE, NUM_CLASSES, sandbox
 from bloodcells.ingestion import DEFAULT_TIME_LIMIT, time_limit_text
-from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT
+from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT, shipped_model_module
 
-MANIFEST_NAME = "manifest.json"  # written by bloodcells.submission.stage
+MANIFEST_NAME = shipped_model_module().MANIFEST_NAME  # written by bloodcells.submission.stage, read by model.py
 
 # Imports the server does not have (or that would ship this project instead of the zip).
 FORBIDDEN_IMPORTS = ("bloodcells", "keras_cv", "keras_hub", "keras_nlp", "torch", "torchvision",

@@ -332,3 +332,28 @@ def test_write_half_weights_keeps_every_array(exports, tmp_path):
         assert names
         for name in names:
             np.testing.assert_allclose(b[name][()].astype(np.float32), a[name][()], rtol=1e-3, atol=1e-4)
+
+
+def test_a_member_that_cannot_be_read_is_an_error_not_a_smaller_ensemble(exports, tmp_path):
+    stage(exports, tmp_path / "both", tta=1)
+    assert len(load_shipped(tmp_path / "both").Model().members) == 2
+    for name, damage, message in [
+            ("truncated", lambda p: p.write_text(p.read_text()[:40]), r"b.json next to model.py: not valid JSON"),
+            ("no_format", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "format": "x"})),
+             r"b.json next to model.py: format 'x'; expected 'bloodcells-model/2'")]:
+        folder = tmp_path / name
+        stage(exports, folder, tta=1)
+        damage(folder / "b.json")
+        with pytest.raises(ValueError, match=message):
+            load_shipped(folder).Model()
+
+
+def test_the_manifest_decides_the_members(exports, tmp_path):
+    folder = tmp_path / "both"
+    stage(exports, folder, tta=1)
+    (folder / "b.json").unlink()
+    (folder / "b.weights.h5").unlink()
+    with pytest.raises(ValueError, match=r"manifest.json next to model.py: members \['a', 'b'\]; found \['a'\] \(missing b\)"):
+        load_shipped(folder).Model()
+    (folder / "manifest.json").unlink()  # a hand-made folder without a manifest: whatever members are there
+    assert [m["name"] for m in load_shipped(folder).Model().members] == ["a"]
