@@ -30,7 +30,7 @@ from pathlib import Path
 from bloodcells import compare as paired
 from bloodcells import leaderboard as board
 from bloodcells import sandbox, shift
-from bloodcells.cli import UserError, run_cli
+from bloodcells.cli import UserError, check_output_file, check_output_folder, run_cli
 from bloodcells.data import load_dataset
 from bloodcells.eval_report import leaderboard_row, write_report
 from bloodcells.evaluate import (CACHE_DIR, DEFAULT_PROFILES, EVAL_DIR, EVAL_SEEDS, LEADERBOARD, SWEEP_IMAGES,
@@ -82,7 +82,7 @@ def main(argv=None):
     args = parse_args(argv)
     sandbox.clean_stale()  # what a killed run left
     if args.record_server or (args.zip and args.data):
-        sandbox.check_output_file(args.leaderboard_file, "--leaderboard-file")
+        check_output_file(args.leaderboard_file, "--leaderboard-file")
     if args.record_server:
         return record_server(args)
     if args.compare:
@@ -105,8 +105,8 @@ def main(argv=None):
         raise UserError(f"--seeds: {' '.join(map(str, args.seeds))}; expected non-negative integers")
     if args.sweep_images < 8:
         raise UserError(f"--sweep-images: {args.sweep_images}; expected at least 8")
-    sandbox.check_output_folder(args.eval_dir, "--eval-dir")
-    sandbox.check_output_folder(args.cache_dir, "--cache-dir")
+    check_output_folder(args.eval_dir, "--eval-dir")
+    check_output_folder(args.cache_dir, "--cache-dir")
     zip_path = Path(args.zip)
     check_zip(zip_path)
     data = load_dataset(args.data, held_out_split(args.data, args.split))

@@ -75,7 +75,7 @@ def check_output_folder(path, option: str, *, replaced: bool = False) -> None:
     (so its parent must be writable)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"{path}: {option}: exists and is not a folder; expected a folder")
+        raise UserError(f"{path}: {option}: is a file, not a folder; expected a folder")
     _check_writable_folder(path if path.is_dir() and not replaced else path.parent, path, option)
 
 

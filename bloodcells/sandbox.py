@@ -337,42 +337,6 @@ def temporary_folder(kind: str, parent=None):
 
 # -- output paths: checked before the long work starts ----------------------------------
 
-def check_output_folder(path, option: str) -> None:
-    """UserError (one line) unless `path` is, or can be made, a folder this process can write in."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{option}: {path} is a file; expected a folder (or a path where one can be made)")
-    _check_writable(path, option)
-
-
-def check_output_file(path, option: str) -> None:
-    """UserError (one line) unless `path` can be written (through a temporary sibling renamed onto it)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option}: {path} is a folder; expected a file path")
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise UserError(f"{option}: {path} is read-only; expected a file this user can write")
-    _check_writable(path.parent, option)
-
-
-def _check_writable(folder: Path, option: str) -> None:
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{option}: {folder}: {existing} is a file, so no folder can be made there; "
-                        f"expected a path in a writable folder")
-    try:  # os.access alone misses read-only mounts for root and special file systems
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise OSError("permission denied")
-        fd, probe = tempfile.mkstemp(prefix=".bloodcells_write_test_", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UserError(f"{option}: {folder}: {existing} is not writable ({exc.strerror or exc}); "
-                        f"expected a path in a writable folder") from None
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

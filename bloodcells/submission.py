@@ -24,7 +24,7 @@ import numpy as np
 
 from bloodcells import sandbox
 from bloodcells.budget import DEFAULT_MARGIN
-from bloodcells.cli import UserError, run_cli
+from bloodcells.cli import UserError, check_output_folder, run_cli
 from bloodcells.files import sha256_file
 from bloodcells.models import read_export, shipped_model_module
 from bloodcells.validation import MANIFEST_NAME, Limits, Report, validate
@@ -308,7 +308,7 @@ def main(argv=None):
     if args.python and not Path(args.python).exists():
         raise UserError(f"--python: {args.python} not found; build the server environment with `make server-check`")
     if not args.check:
-        sandbox.check_output_folder(args.out, "--out")
+        check_output_folder(args.out, "--out")
     print(f"limits: {limits.describe()} (change with --probe-images/--test-images/--time-limit/--speedup/--max-size-mb)")
     if args.check:
         if not args.check.is_file():

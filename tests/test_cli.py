@@ -24,7 +24,7 @@ def test_unusable_output_paths_are_refused_and_nothing_is_written(tmp_path):
     cases = [
         (check_output_file, tmp_path / "a_folder", "a_folder: --out: is a folder; expected a file name"),
         (check_output_file, tmp_path / "a_file" / "x.npz", "--out: .*a_file is a file, not a folder"),
-        (check_output_folder, tmp_path / "a_file", "a_file: --out: exists and is not a folder; expected a folder"),
+        (check_output_folder, tmp_path / "a_file", "a_file: --out: is a file, not a folder; expected a folder"),
         (check_output_folder, tmp_path / "a_file" / "deeper" / "run", "--out: .*a_file is a file, not a folder"),
         # a file system nobody may create files in, root included
         (check_output_folder, "/proc/bloodcells_run", r"/proc/bloodcells_run: --out: cannot write in /proc \("),

@@ -163,9 +163,9 @@ def test_unusable_output_paths_are_one_line_errors_before_any_work(tmp_path, pix
     locked = read_only if os.geteuid() != 0 else "/proc/1"
     before = snapshot(tmp_path)
     cases = [("--eval-dir", a_file, "is a file"), ("--eval-dir", a_file / "sub", "is a file"),
-             ("--eval-dir", f"{locked}/eval", "not writable"),
+             ("--eval-dir", f"{locked}/eval", "cannot write in"),
              ("--leaderboard-file", tmp_path, "is a folder"),
-             ("--leaderboard-file", f"{locked}/lb.csv", "not writable")]
+             ("--leaderboard-file", f"{locked}/lb.csv", "cannot write in")]
     for option, path, words in cases:
         usable = {"--eval-dir": tmp_path / "eval", "--leaderboard-file": tmp_path / "lb.csv",
                   "--cache-dir": tmp_path / "cache"}
@@ -173,7 +173,7 @@ def test_unusable_output_paths_are_one_line_errors_before_any_work(tmp_path, pix
         result = evaluate(pixel_zip, "--data", data, "--profile", "none",
                           *[a for pair in usable.items() for a in pair], files=False)
         assert result.returncode == 2, (option, path, result.stdout, result.stderr)
-        assert result.stderr.startswith(f"error: {option}: ") and words in result.stderr, result.stderr
+        assert result.stderr.startswith(f"error: {path}: {option}: ") and words in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "running" not in result.stdout
     read_only.chmod(0o755)
     assert snapshot(tmp_path) == before

@@ -78,7 +78,7 @@ def test_an_unusable_out_is_refused_before_any_work(exports, tmp_path, capsys):
     if os.geteuid() != 0:
         (tmp_path / "read_only").mkdir(mode=0o555)
     before = snapshot(tmp_path)
-    for out_dir, words in ((a_file, "is a file"), (a_file / "sub", "is a file"), (locked, "not writable")):
+    for out_dir, words in ((a_file, "is a file"), (a_file / "sub", "is a file"), (locked, "cannot write in")):
         code, out, err = build(["--weights", exports[0], "--out", out_dir, "--probe-images", "8"], capsys)
         one_line_error(code, err, "--out: ", words)
         assert "limits:" not in out  # refused before anything ran
