@@ -107,18 +107,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import tensorflow as tf
+    from gpu_smoke import visible_gpus  # bench/, beside this script
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus and not args.allow_cpu:
-        print("no GPU: TensorFlow sees no GPU on this machine, so there is nothing to measure "
-              "(run this on a GPU machine, e.g. Colab or Kaggle; see bench/RESULTS.md)")
+    gpus = visible_gpus(args.allow_cpu)
+    if gpus is None:
         return 0
     data = Path(args.data)
     if not data.is_file():
         print(f"skip: real data not found at {data} (set BLOODCELLS_PBC)")
         return 0
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
     from bloodcells.train import Trainer
 
     started = time.monotonic()

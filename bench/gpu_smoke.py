@@ -43,6 +43,21 @@ def cached_imagenet(backbone: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def visible_gpus(allow_cpu: bool):
+    """The GPUs TensorFlow sees (memory growth on, so peak memory means what a run needed);
+    None, after saying so, when there is none and `allow_cpu` is off."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus and not allow_cpu:
+        print("no GPU: TensorFlow sees no GPU on this machine, so there is nothing to measure "
+              "(run this on a GPU machine, e.g. Colab or Kaggle; see bench/RESULTS.md)")
+        return None
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return gpus
+
+
 def gpu_memory_mb(device: str | None):
     import tensorflow as tf
 
@@ -132,13 +147,9 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus and not args.allow_cpu:
-        print("no GPU: TensorFlow sees no GPU on this machine, so there is nothing to measure "
-              "(run this on a GPU machine, e.g. Colab or Kaggle; see bench/RESULTS.md)")
+    gpus = visible_gpus(args.allow_cpu)
+    if gpus is None:
         return 0
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)  # peak memory means what the run needed
     device = "GPU:0" if gpus else None
 
     from bloodcells.config import load_config
