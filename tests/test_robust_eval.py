@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from bloodcells.ingestion import DEFAULT_TIME_LIMIT
 from bloodcells.validation import Limits
 from tests.conftest import REPO, snapshot
 from tests.test_local_eval import BROKEN_MODELS, PIXEL_MODEL, encoded_images, make_zip
-from tests.test_sandbox import processes_mentioning
+from tests.test_sandbox import kill_and_expect_no_process, processes_mentioning
 
 
 def local_eval(tmp_path, *args, env=None, wait=True):
@@ -137,12 +136,7 @@ def test_sigkill_of_local_eval_leaves_no_process_and_the_next_run_cleans_up(tmp_
             time.sleep(0.05)
         assert processes_mentioning(str(temp)), "the model never started"
     finally:
-        run.send_signal(signal.SIGKILL)
-        run.wait()
-    deadline = time.monotonic() + 5
-    while processes_mentioning(str(temp)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_mentioning(str(temp)) == []
+        kill_and_expect_no_process(run, temp)
     assert list(temp.glob("bloodcells-*/*"))  # the killed run's copy of the zip and the images
     result = local_eval(tmp_path, pixel_zip, "--data", data, "--profile", "none", env={"TMPDIR": str(temp)})
     assert result.returncode == 0, result.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from bloodcells import submission
 from bloodcells.untrained import TINY_BACKBONE, export_tiny
 from bloodcells.validation import Limits
 from tests.conftest import REPO, snapshot
-from tests.test_sandbox import processes_mentioning
+from tests.test_sandbox import kill_and_expect_no_process, processes_mentioning
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +126,7 @@ def test_sigkill_of_build_submission_leaves_no_process_and_the_next_run_cleans_u
             time.sleep(0.1)
         assert list(out.glob(".submission_*.tmp")) and processes_mentioning(str(temp)), "validation never started"
     finally:
-        run.send_signal(signal.SIGKILL)
-        run.wait()
-    deadline = time.monotonic() + 5
-    while processes_mentioning(str(temp)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_mentioning(str(temp)) == []
+        kill_and_expect_no_process(run, temp)
     assert list(temp.glob("bloodcells-*/*"))  # the killed build's staging and validation folders
     # the next build (here one that stops at a missing export) removes what the killed one left
     result = subprocess.run(command + ["--weights", str(tmp_path / "missing")], env=env, capture_output=True, text=True)

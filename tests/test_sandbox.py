@@ -95,6 +95,17 @@ sandbox.run(sys.argv[1], job, time_limit=600)
 '''
 
 
+def kill_and_expect_no_process(run, temp) -> None:
+    """SIGKILL `run` (a Popen) and require that, within 5 s, no process mentioning `temp`
+    (the run's temporary folder) is left."""
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 5
+    while processes_mentioning(str(temp)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_mentioning(str(temp)) == []
+
+
 def processes_mentioning(text: str) -> list:
     """(pid, command line) of the running processes whose command line contains `text`."""
     found = []
@@ -127,12 +138,7 @@ def test_a_killed_caller_leaves_no_process_and_the_next_run_removes_its_folder(f
             time.sleep(0.05)
         assert len(processes_mentioning(str(temp))) >= 2, "the job and its grandchild never started"
     finally:
-        caller.send_signal(signal.SIGKILL)
-        caller.wait()
-    deadline = time.monotonic() + 5
-    while processes_mentioning(str(temp)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_mentioning(str(temp)) == []
+        kill_and_expect_no_process(caller, temp)
     left = list(temp.glob("bloodcells-*/sandbox_*"))
     assert left  # the killed caller could not clean up; the next run does
     root = left[0].parent
