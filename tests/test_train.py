@@ -482,7 +482,7 @@ def test_bad_data_and_unusable_outputs_are_refused_before_epoch_1(tmp_path, data
         ([config, tmp_path / "one.npz", run], r"one\.npz: images: 1 images split into 1 for training and 0 for "
                                               r"validation"),
         ([config, tmp_path / "bool.npz", run], r"bool\.npz: images: bool images; expected uint8 or float pixels"),
-        ([config, data, tmp_path / "a_file"], r"a_file: --out: exists and is not a folder"),
+        ([config, data, tmp_path / "a_file"], r"a_file: --out: is a file, not a folder"),
         ([config, data, run, tmp_path / "a_file" / "export"], r"--export: .*a_file is a file, not a folder"),
         ([config, data, tmp_path / "exp" / "run", tmp_path / "exp"], r"exp: --export: holds --out .*which the "
                                                                     r"export would replace"),
