@@ -1,9 +1,9 @@
 """Does augmentation starve training? Images per second of the full augmentation
-stream (every training augmentation of configs/cpu.toml, CutMix and MixUp included,
+stream (every training augmentation of configs/cpu_scratch.toml, CutMix and MixUp included,
 at full probability) against images per second the CPU configuration trains at
 (on already-prepared batches). Target: the stream delivers >= 3x the training rate.
 
-    PYTHONPATH=. python bench/bench_augment.py [--config configs/cpu.toml] [--images 1024]
+    PYTHONPATH=. python bench/bench_augment.py [--config configs/cpu_scratch.toml] [--images 1024]
 
 Both figures are steady-state: the stream runs several epochs through one pipeline as a
 training run does, timed after its first batch (tracing); training after its first step.
@@ -72,7 +72,7 @@ def train_rate(cfg, images, labels, batch_size, steps):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "cpu.toml"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "cpu_scratch.toml"))
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the stream to time")
     parser.add_argument("--steps", type=int, default=40, help="training steps to time")

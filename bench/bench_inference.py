@@ -5,7 +5,7 @@ best of `--rounds`, and the agreement with float32 on a real test split.
     PYTHONPATH=. python bench/bench_inference.py --networks tiny cpu b7 \\
         --export /work/main/weights/bench_cpu_pbc_s0 --data ../shared/data/pbc96_dev.npz --split val
 
-Networks: tiny (bloodcells.untrained.export_tiny), cpu (configs/cpu.toml's network,
+Networks: tiny (bloodcells.untrained.export_tiny), cpu (configs/cpu_scratch.toml's network,
 untrained), b7 (EfficientNetB7, untrained), plus each trained `--export`. Speed on
 `--images` random images, 1 view; agreement on `--agreement-images` images of the split
 (0 = all; b7 skips it unless --b7-agreement): labels identical on N of M, max |dp|.

