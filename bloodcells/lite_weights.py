@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import UserError
+from .shipped import shipped_model_module
 from .torch_pickle import read_state_dict
 
 # backbone -> (registry package, version, module, checkpoint file inside it)
@@ -94,7 +95,7 @@ def _source_of(layer_name: str, block_index: dict) -> str:
     return f"_blocks.{block_index[block]}.{BLOCK_PARTS[part]}"
 
 
-def _layer_tensors(layer, module: str, state: dict, path) -> list:
+def _layer_tensors(layer, module: str, state: dict, path) -> tuple[list, list]:
     """The Keras weights of `layer`, in its order, from the checkpoint module `module`."""
     import keras
 
@@ -160,8 +161,6 @@ def _checkpoint_digest(path) -> str:
 
 
 def _standalone_backbone(backbone: str, side: int = 224):
-    from .models import shipped_model_module
-
     return shipped_model_module().efficientnet_lite(backbone, (side, side, 3))
 
 
@@ -222,8 +221,6 @@ def imagenet_classifier(backbone: str, source="imagenet", side: int = 224):
     """The backbone with its 1,000-class ImageNet classifier (GAP, Dense, softmax), taking
     0-255 RGB images of `side` pixels: to check that the weights are real."""
     import keras
-
-    from .models import shipped_model_module
 
     inputs = keras.Input((side, side, 3))
     x = shipped_model_module().preprocess_pixels(inputs, "lite")

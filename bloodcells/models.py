@@ -15,32 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from . import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from .cli import UserError
+from .shipped import REPO_ROOT, shipped_model_module  # noqa: F401  (REPO_ROOT: callers read it here)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_IMAGES = 64  # = the validator's default probe count (bloodcells.validation.Limits)
 EXPORT_TOLERANCE = 1e-5  # max |dp| between the training model and the rebuilt export
 
 
-def shipped_model_module():
-    """The top-level model.py, loaded by path (it is self-contained and never imports
-    this package; importing it by name could pick up another model.py on sys.path)."""
-    name = "_bloodcells_shipped_model"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "model.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # model.py's, the one source: the formats the server reads
