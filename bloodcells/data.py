@@ -418,15 +418,23 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m bloodcells.data",
         description="Validate a data file and print its class counts; with --holdout, split off a "
-                    "stratified local test set that training never sees.")
+                    "stratified local test set that training never sees; with --out-selection, write "
+                    "the images a training run on this file chooses its epoch on.")
     parser.add_argument("path")
     parser.add_argument("--split", default=None, help="MedMNIST split: train, val or test")
     parser.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
                         help="fraction of each class to hold out as a local test set (e.g. 0.15)")
     parser.add_argument("--out-train", type=Path, help="where the remaining images go (AN2DL layout)")
     parser.add_argument("--out-test", type=Path, help="where the held-out images go (AN2DL layout)")
+    parser.add_argument("--out-selection", type=Path,
+                        help="write the validation part training carves from this file (data.val_fraction "
+                             "--val-fraction, seed --seed): the selection set for build_submission.py --select")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="the training config's data.val_fraction (with --out-selection)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.out_selection is not None:
+        return _write_selection(args)
     if args.holdout is not None:
         _check_holdout_args(args)
     elif args.out_train or args.out_test:
@@ -449,6 +457,27 @@ def main(argv=None):
         marker = {ROLE_KEY: np.asarray(role)} if role else {}
         save_npz_atomic(out, images=data.images[index], labels=data.labels[index].astype(np.uint8), **marker)
         print(f"wrote {out}: {len(index)} images")
+
+
+def _write_selection(args) -> None:
+    """The selection split: exactly the validation images `train_val` gives a training run
+    with the same file, fraction and seed, so members trained with that seed never saw them."""
+    if args.holdout is not None or args.out_train or args.out_test:
+        raise UserError("--out-selection: given with --holdout/--out-train/--out-test; expected one of the two")
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val-fraction: {args.val_fraction}; expected a fraction between 0 and 1")
+    if Path(args.out_selection).resolve() == Path(args.path).resolve():
+        raise UserError(f"{args.path}: --out-selection: would overwrite the input; expected a new path")
+    check_output_file(args.out_selection, "--out-selection")
+    if held_out_reason(args.path, args.split):
+        raise UserError(f"{args.path}: {held_out_reason(args.path, args.split)}; expected the training file "
+                        f"(a selection split of the held-out test would choose on it)")
+    from .files import save_npz_atomic
+
+    _, selection = train_val(args.path, args.val_fraction, args.seed)
+    save_npz_atomic(args.out_selection, images=selection.images, labels=selection.labels.astype(np.uint8))
+    print(f"wrote {args.out_selection}: {len(selection)} images ({selection.source}, the validation part of "
+          f"data.val_fraction {args.val_fraction:g}, seed {args.seed})")
 
 
 def _check_holdout_args(args) -> None:

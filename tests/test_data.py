@@ -324,3 +324,71 @@ def test_check_train_val_reads_headers_and_agrees_with_train_val(tmp_path, rng):
                          ({"images": images(4, rng), "labels": np.arange(3)}, "3 labels for 4 images")):
         with pytest.raises(DataError, match=pattern):
             check_train_val(write_npz(tmp_path / "bad.npz", **bad), 0.2)
+
+
+# -- issue 26: the selection split for build_submission.py --select -------------------------
+
+def test_out_selection_writes_exactly_the_images_training_chooses_its_epoch_on(tmp_path, rng):
+    source = write_npz(tmp_path / "train.npz", images=images(80, rng), labels=np.arange(80) % 8)
+    original = source.read_bytes()
+    result = run_data_cli(source, "--out-selection", tmp_path / "sel.npz", "--val-fraction", "0.25",
+                          "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    selection = load_dataset(tmp_path / "sel.npz", notify=None)
+    _, val = train_val(source, 0.25, 2, notify=None)
+    assert selection.images.tobytes() == val.images.tobytes()
+    assert selection.labels.tolist() == val.labels.tolist() and 0 < len(selection) < 80
+    assert source.read_bytes() == original
+    other_seed = run_data_cli(source, "--out-selection", tmp_path / "sel3.npz", "--val-fraction", "0.25",
+                              "--seed", "3")
+    assert other_seed.returncode == 0
+    assert load_dataset(tmp_path / "sel3.npz", notify=None).images.tobytes() != val.images.tobytes()
+    from bloodcells.ensemble_select import load_selection_set  # --select accepts it (not a held-out test)
+
+    assert len(load_selection_set(tmp_path / "sel.npz", None, "server", 0)[1]) == len(selection)
+
+
+def test_out_selection_refuses_the_held_out_test_and_bad_arguments(tmp_path, rng):
+    source = write_npz(tmp_path / "all.npz", images=images(80, rng), labels=np.arange(80) % 8)
+    assert run_data_cli(source, "--holdout", "0.2", "--out-train", tmp_path / "tr.npz",
+                        "--out-test", tmp_path / "te.npz").returncode == 0
+    before = snapshot(tmp_path)
+    cases = {
+        "the held-out test": ([tmp_path / "te.npz", "--out-selection", tmp_path / "s.npz"],
+                              r"te\.npz: written by .*--holdout.* as the held-out test.*expected the training file"),
+        "a fraction of 1.5": ([source, "--out-selection", tmp_path / "s.npz", "--val-fraction", "1.5"],
+                              r"--val-fraction: 1\.5; expected a fraction between 0 and 1"),
+        "the input itself": ([source, "--out-selection", source], r"--out-selection: would overwrite the input"),
+        "with --holdout": ([source, "--out-selection", tmp_path / "s.npz", "--holdout", "0.2"],
+                           r"--out-selection: given with --holdout"),
+    }
+    for case, (arguments, pattern) in cases.items():
+        result = run_data_cli(*arguments, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (case, result.stderr)
+        assert __import__("re").search(pattern, lines[0]), (case, lines)
+    assert snapshot(tmp_path) == before
+
+
+def test_make_train_cpu_selects_on_the_fraction_both_members_train_with():
+    import re
+    import tomllib
+
+    fraction = re.search(r"^CPU_VAL_FRACTION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    for config in ("cpu.toml", "cpu_scratch.toml"):
+        with open(REPO / "configs" / config, "rb") as f:
+            assert tomllib.load(f)["data"]["val_fraction"] == float(fraction.group(1)), config
+
+
+def test_make_train_uses_an_existing_training_file_without_cleaning(tmp_path, rng):
+    """A TRAIN_SET that exists is trained on as it is; only a missing one is made by `make split`."""
+    train = write_npz(tmp_path / "mine.npz", images=images(8, rng), labels=np.arange(8))
+    for target in ("train", "train-cpu"):
+        plan = subprocess.run(["make", "-n", "-C", str(REPO), target, f"TRAIN_SET={train}"],
+                              capture_output=True, text=True, timeout=60)
+        assert plan.returncode == 0, plan.stderr
+        assert "bloodcells.clean" not in plan.stdout and "--holdout" not in plan.stdout, target
+        assert f"--data {train}" in plan.stdout, target
+    missing = subprocess.run(["make", "-n", "-C", str(REPO), "train", f"TRAIN_SET={tmp_path / 'none.npz'}"],
+                             capture_output=True, text=True, timeout=60)
+    assert "split" in missing.stdout
