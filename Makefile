@@ -125,11 +125,13 @@ CPU_RUNS ?= runs
 CPU_WEIGHTS ?= weights
 CPU_VAL_FRACTION := 0.2
 SELECTION ?= build/selection_seed$(CPU_SEED).npz
+# RESUME=1 continues the member that was interrupted; one already finished is only re-exported.
+cpu_resume = $(if $(filter 1 yes true,$(RESUME)),$(if $(wildcard $(CPU_RUNS)/$(1)/checkpoint.npz),--resume))
 train-cpu: $(INSTALLED) $(TRAIN_SET)
 	$(PY) -m bloodcells.train --config configs/cpu.toml --data $(TRAIN_SET) --out $(CPU_RUNS)/cpu --export $(CPU_WEIGHTS)/cpu \
-		--seed $(CPU_SEED) $(if $(filter 1 yes true,$(RESUME)),--resume) $(TRAIN_ARGS)
+		--seed $(CPU_SEED) $(call cpu_resume,cpu) $(TRAIN_ARGS)
 	$(PY) -m bloodcells.train --config configs/cpu_scratch.toml --data $(TRAIN_SET) --out $(CPU_RUNS)/cpu_scratch \
-		--export $(CPU_WEIGHTS)/cpu_scratch --seed $(CPU_SEED) --epochs $(CPU_SCRATCH_EPOCHS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(TRAIN_ARGS)
+		--export $(CPU_WEIGHTS)/cpu_scratch --seed $(CPU_SEED) --epochs $(CPU_SCRATCH_EPOCHS) $(call cpu_resume,cpu_scratch) $(TRAIN_ARGS)
 	$(PY) -m bloodcells.data $(TRAIN_SET) --out-selection $(SELECTION) --val-fraction $(CPU_VAL_FRACTION) --seed $(CPU_SEED)
 	$(PY) build_submission.py --select $(CPU_WEIGHTS)/cpu $(CPU_WEIGHTS)/cpu_scratch --selection-data $(SELECTION) $(SUBMISSION_ARGS)
 
