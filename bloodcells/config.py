@@ -197,15 +197,42 @@ class Config:
 
 def load_config(path, overrides: dict | None = None) -> Config:
     """Read a TOML config over the defaults; unknown keys, wrong types and values out of
-    range raise a one-line UserError naming the file and key."""
+    range raise a one-line UserError naming the file and key. A config may start from
+    another (`base = "b7_reference.toml"`, relative to its own folder) and state only what
+    differs: its tables are merged key by key over the base's."""
     path = Path(path)
+    return resolve_config(read_toml_with_base(path), str(path), overrides)
+
+
+def read_toml_with_base(path: Path, _seen: tuple = ()) -> dict:
+    """The TOML table of `path`, merged over its `base` chain (without the `base` key)."""
     if not path.is_file():
         raise UserError(f"{path}: config: file not found; expected a TOML file (see configs/)")
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: config: not valid TOML ({' '.join(str(exc).split())}); expected TOML") from None
-    return resolve_config(raw, str(path), overrides)
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{path}: base: {base!r}; expected the file name of another config, e.g. "
+                        f"\"b7_reference.toml\"")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        chain = " -> ".join(p.name for p in (*_seen, path.resolve(), base_path))
+        raise UserError(f"{path}: base: {base!r} comes back to itself ({chain}); expected a chain that ends")
+    merged = read_toml_with_base(base_path, (*_seen, path.resolve()))
+    _deep_update(merged, raw)
+    return merged
+
+
+def _deep_update(base: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
 
 
 def resolve_config(raw: dict, source: str = "config", overrides: dict | None = None) -> Config:

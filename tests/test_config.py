@@ -172,3 +172,40 @@ def test_unfreeze_takes_all_a_layer_count_or_whole_blocks():
     for bad in ("blocks:x", "blocks:-1", "some", -1, 2.5):
         with pytest.raises(UserError, match=r"phase2.unfreeze: .*'blocks:K'"):
             resolve_config({"phase2": {"unfreeze": bad}})
+
+
+# -- issue 28: configs that build on each other ---------------------------------------------
+
+def test_b7_focal_states_only_what_differs_and_resolves_as_the_full_copy_did():
+    """b7_focal.toml was a 71-line copy of b7_reference.toml; now it names its base and the
+    loss. Resolved, it is the reference with the focal loss, nothing else moved."""
+    text = (REPO / "configs" / "b7_focal.toml").read_text()
+    assert 'base = "b7_reference.toml"' in text and len(text.splitlines()) < 15
+    focal = load_config(REPO / "configs" / "b7_focal.toml").to_dict()
+    reference = load_config(REPO / "configs" / "b7_reference.toml").to_dict()
+    moved = {(table, key) for table in reference if isinstance(reference[table], dict)
+             for key in reference[table] if reference[table][key] != focal[table][key]}
+    assert moved == {("train", "loss")}, moved  # focal_gamma 2.0 and focal_alpha 0.25 are the defaults
+    assert focal["name"] == "b7_focal" and focal["train"]["loss"] == "focal"
+
+
+def test_a_base_config_merges_tables_key_by_key_and_refuses_loops(tmp_path):
+    (tmp_path / "a.toml").write_text('name = "a"\n[model]\nbackbone = "small_cnn"\nweights = "none"\n'
+                                     'head = { dense_units = 32, dropout = 0.3 }\n[phase2]\nepochs = 7\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nname = "b"\n[model]\nhead = { dropout = 0.1 }\n')
+    b = load_config(tmp_path / "b.toml")
+    assert (b.name, b.model.backbone, b.phase2.epochs) == ("b", "small_cnn", 7)
+    assert (b.model.head["dense_units"], b.model.head["dropout"]) == (32, 0.1)
+    (tmp_path / "loop.toml").write_text('base = "loop2.toml"\n')
+    (tmp_path / "loop2.toml").write_text('base = "loop.toml"\n')
+    cases = {"loop.toml": r"loop2\.toml: base: 'loop\.toml' comes back to itself",
+             "c.toml": r"c\.toml: base: 'nope\.toml'|nope\.toml: config: file not found",
+             "d.toml": r"d\.toml: base: 3; expected the file name of another config"}
+    (tmp_path / "c.toml").write_text('base = "nope.toml"\n')
+    (tmp_path / "d.toml").write_text('base = 3\n')
+    for name, pattern in cases.items():
+        with pytest.raises(UserError, match=pattern):
+            load_config(tmp_path / name)
+    (tmp_path / "e.toml").write_text('base = "a.toml"\n[model]\nhead = { dense_unit = 16 }\n')
+    with pytest.raises(UserError, match=r"e\.toml: model\.head\.dense_unit: unknown key"):
+        load_config(tmp_path / "e.toml")
