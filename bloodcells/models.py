@@ -6,10 +6,7 @@ model.weights.h5). Pretrained backbone weights: bloodcells.pretrained.
 
 The export rebuilds the network as model.py will, loads the written weights and must
 reproduce the training model's probabilities on the validator's probe images (stored
-in model.json as the reference the submission checks compare against).
-
-    python -m bloodcells.models --backbone B [--cache-dir DIR]   # fetch ImageNet weights ahead
-"""
+in model.json as the reference the submission checks compare against)."""
 
 from __future__ import annotations
 
@@ -23,6 +20,8 @@ from pathlib import Path
 
 from . import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from .cli import UserError
+from .lite_weights import is_lite, load_lite_backbone
+from .pretrained import finalize_states, load_pretrained_backbone, resolve_backbone_weights  # noqa: F401
 from .shipped import REPO_ROOT, shipped_model_module  # noqa: F401  (REPO_ROOT: callers read it here)
 
 REFERENCE_IMAGES = 64  # = the validator's default probe count (bloodcells.validation.Limits)
@@ -85,9 +84,6 @@ def _weights_kind(weights) -> str:
 def build(spec: dict, weights=None, cache_dir=None):
     """The training network: model.py's graph, with pretrained backbone weights loaded
     into it when `weights` is 'imagenet' or a file."""
-    from .lite_weights import is_lite, load_lite_backbone
-    from .pretrained import load_pretrained_backbone, resolve_backbone_weights
-
     resolved = resolve_backbone_weights(weights, spec["backbone"], cache_dir)
     net = shipped_model_module().build_network(spec)
     if resolved is not None and is_lite(spec["backbone"]):
@@ -95,15 +91,6 @@ def build(spec: dict, weights=None, cache_dir=None):
     elif resolved is not None:
         load_pretrained_backbone(net, spec, resolved)
     return net
-
-
-def finalize_states(model) -> None:
-    """Layers that keep constants derived from their variables (Normalization's mean and
-    variance) refresh them; needed after assigning variables directly (set_weights,
-    checkpoint restore), which, unlike load_weights, does not."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if hasattr(layer, "finalize_state") and layer.built:
-            layer.finalize_state()
 
 
 # -- freezing ----------------------------------------------------------------------------
@@ -332,25 +319,3 @@ def load_into(net, spec: dict, folder) -> None:
             raise UserError(f"{Path(folder) / 'model.json'}: {key}: {other.get(key)!r}; expected the config's "
                             f"{spec.get(key)!r} (model.init_from must be the same network)")
     _load_weights_file(net, weights)
-
-
-# -- fetching ImageNet weights ahead (a connected machine; the file then works offline) ------
-
-def fetch_main(argv=None):
-    import argparse
-
-    from .pretrained import fetch_weights
-
-    ap = argparse.ArgumentParser(prog="python -m bloodcells.models", description=(
-        "Download a backbone's ImageNet weights into the Keras cache, for training offline later "
-        "(set model.cache_dir to the same folder, or model.weights to the printed file)."))
-    ap.add_argument("--backbone", required=True, help="e.g. efficientnetb7")
-    ap.add_argument("--cache-dir", default=None, help="cache folder (default: Keras' ~/.keras); files go to <dir>/models/")
-    args = ap.parse_args(argv)
-    for path in fetch_weights(args.backbone, args.cache_dir):
-        print(path)
-
-
-if __name__ == "__main__":
-    from .cli import run_cli
-    run_cli(fetch_main)()
