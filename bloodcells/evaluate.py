@@ -18,9 +18,10 @@ from .data import fingerprint
 from .eval_report import worst_families_text
 from .files import save_npz_atomic, sha256_file, write_json_atomic, write_text_atomic
 from .ingestion import run_submission, time_limit_text
+from .shipped import REPO_ROOT
 from .scoring import family_severity_accuracy, score, write_scores
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT  # outputs default to the repository's submission/ and build/
 EVAL_DIR = REPO / "submission" / "eval"
 LEADERBOARD = REPO / "submission" / "leaderboard.csv"
 CACHE_DIR = REPO / "build" / "shift_cache"

@@ -22,10 +22,8 @@ from . import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from .cli import UserError
 from .lite_weights import is_lite, load_lite_backbone
 from .pretrained import finalize_states, load_pretrained_backbone, resolve_backbone_weights  # noqa: F401
-from .shipped import REPO_ROOT, shipped_model_module  # noqa: F401  (REPO_ROOT: callers read it here)
+from .shipped import PROBE_IMAGES, REFERENCE_TOLERANCE, probe_images, shipped_model_module
 
-REFERENCE_IMAGES = 64  # = the validator's default probe count (bloodcells.validation.Limits)
-EXPORT_TOLERANCE = 1e-5  # max |dp| between the training model and the rebuilt export
 
 
 
@@ -218,10 +216,10 @@ def check_rebuild(spec: dict, weights_path, images, reference, where, save_to=No
         rebuilt = shipped_model_module().build_network(spec)
         rebuilt.load_weights(str(weights_path))
         diff = float(np.abs(network_probabilities(rebuilt, images) - reference).max())
-    if not diff <= EXPORT_TOLERANCE:
+    if not diff <= REFERENCE_TOLERANCE:
         raise UserError(f"{where}: export: the network model.py rebuilds from it differs from the training "
                         f"model by max |dp| = {diff:.3g} on {len(images)} probe images (tolerance "
-                        f"{EXPORT_TOLERANCE:g}); not exported (a graph that depends on how it was built)")
+                        f"{REFERENCE_TOLERANCE:g}); not exported (a graph that depends on how it was built)")
     if save_to is not None:
         rebuilt.save_weights(str(save_to))
     return diff
@@ -233,14 +231,13 @@ def export(model, spec: dict, out_dir) -> Path:
     against the training model (whose probabilities on the validator's probe images are
     stored in model.json as "reference"), then swapped into place, so a reader never sees
     a half-written or unfaithful export or a json without its weights."""
-    from .validation import probe_images
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    probe = probe_images(REFERENCE_IMAGES)
+    probe = probe_images(PROBE_IMAGES)
     reference = reference_probabilities(model, spec, probe)
     spec = {**spec, "format": SPEC_FORMAT, "weights_file": "model.weights.h5",
-            "reference": {"probe_images": REFERENCE_IMAGES, "probs": reference.tolist()}}
+            "reference": {"probe_images": PROBE_IMAGES, "probs": reference.tolist()}}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     old = None
     try:
