@@ -79,8 +79,8 @@ def end_epoch(state: RunState, row: dict, train, phase_epochs: list) -> tuple[Ru
     new.epoch_in_phase += 1
     early_stop_after = None
     if train.early_stopping_patience and new.wait >= train.early_stopping_patience:
-        early_stop_after, new.epoch_in_phase = new.wait, phase_epochs[new.phase_index]
-    phase_over = new.epoch_in_phase >= phase_epochs[new.phase_index]
+        early_stop_after = new.wait
+    phase_over = early_stop_after is not None or new.epoch_in_phase >= phase_epochs[new.phase_index]
     if phase_over:  # the next phase starts afresh (its own best, patience and rate)
         new.phase_index += 1
         new.epoch_in_phase, new.phase_best, new.wait, new.plateau_wait, new.lr_scale = 0, None, 0, 0, 1.0
