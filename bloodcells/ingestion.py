@@ -184,28 +184,53 @@ def _result(run: sandbox.SandboxResult, sets: dict, time_limit: float) -> Ingest
     return result
 
 
-def validate_predictions(predictions: np.ndarray, n: int):
-    """(labels (n,) int64, None) or (None, what is wrong)."""
-    shape = predictions.shape
+# What the server accepts from predict(), the one rule for local_eval.py (ingestion) and
+# build_submission.py (validation). Codabench's examples save what predict returns with
+# np.save / np.savetxt (so np.asarray of it) and score it with sklearn's accuracy_score,
+# which takes integer-valued floats as labels and refuses NaN and fractions; floats pass.
+# A column (n, 1) is refused: the AN2DL template asks for shape (n_samples,), and a scorer
+# comparing with `==` broadcasts a column to (n, n) and scores it wrong without an error.
+# Labels outside 0-7 are refused too: a scorer counts them wrong, silently.
+LABEL_ASPECTS = ("shape", "dtype", "values")
+
+
+def label_problems(predictions, n: int) -> dict:
+    """{aspect: what is wrong} for what predict() returned on n images, aspects in
+    LABEL_ASPECTS ("values" only judged once shape and dtype are right); {} when the
+    server would score it as n labels."""
+    predictions = np.asarray(predictions)
     expected = f"expected shape ({n},) of integer labels 0-{NUM_CLASSES - 1}"
-    if predictions.ndim == 2 and shape[1] == 1:
-        predictions = predictions[:, 0]
-    if predictions.ndim != 1 or len(predictions) != n:
-        return None, f"shape {shape}; {expected}"
+    problems = {}
+    if predictions.shape != (n,):
+        problems["shape"] = f"shape {predictions.shape}; {expected}"
     if predictions.dtype.kind not in "iuf":
-        return None, f"dtype {predictions.dtype}; {expected}"
+        problems["dtype"] = f"dtype {predictions.dtype}; {expected} (integer or integer-valued float dtype)"
+    if problems:
+        return problems
     if predictions.dtype.kind == "f":
-        if not np.isfinite(predictions).all() or not np.all(predictions == np.round(predictions)):
-            return None, f"non-integer values (dtype {predictions.dtype}); {expected}"
-    labels = predictions.astype(np.int64)
-    bad = (labels < 0) | (labels >= NUM_CLASSES)
+        if not np.isfinite(predictions).all():
+            return {"values": f"{int((~np.isfinite(predictions)).sum())} NaN or infinite values; {expected}"}
+        if not np.all(predictions == np.round(predictions)):
+            return {"values": f"non-integer values (dtype {predictions.dtype}, e.g. "
+                              f"{predictions[predictions != np.round(predictions)][0]:g}); {expected}"}
+    bad = (predictions < 0) | (predictions >= NUM_CLASSES)
     if bad.any():
-        return None, f"{int(bad.sum())} values outside 0-{NUM_CLASSES - 1} (e.g. {labels[bad][0]}); {expected}"
-    return labels, None
+        return {"values": f"{int(bad.sum())} values outside 0-{NUM_CLASSES - 1} (e.g. {predictions[bad][0]:g}); "
+                          f"{expected}"}
+    return {}
+
+
+def validate_predictions(predictions, n: int):
+    """(labels (n,) int64, None) or (None, what is wrong) by label_problems."""
+    problems = label_problems(predictions, n)
+    if problems:
+        return None, next(problems[a] for a in LABEL_ASPECTS if a in problems)
+    return np.asarray(predictions).astype(np.int64), None
 
 
 def _fmt_seconds(value) -> str:
     return "?" if value is None else f"{value:.1f} s"
 
 
-__all__ = ["DEFAULT_TIME_LIMIT", "time_limit_text", "IngestionResult", "check_zip", "run_submission", "validate_predictions"]
+__all__ = ["DEFAULT_TIME_LIMIT", "time_limit_text", "IngestionResult", "check_zip", "run_submission", "LABEL_ASPECTS",
+           "label_problems", "validate_predictions"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells import IMAGE_SIZE, NUM_CLASSES, sandbox
-from bloodcells.ingestion import DEFAULT_TIME_LIMIT, time_limit_text
+from bloodcells.ingestion import DEFAULT_TIME_LIMIT, label_problems, time_limit_text
 from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT, shipped_model_module
 
 MANIFEST_NAME = shipped_model_module().MANIFEST_NAME  # written by bloodcells.submission.stage, read by model.py
@@ -205,6 +205,12 @@ def describe(y):
     if isinstance(y, np.ndarray):
         d.update(dtype=str(y.dtype), shape=list(y.shape))
     return d
+def labels_array(y):  # what the server saves: np.asarray of it, if that is numeric
+    try:
+        y = np.asarray(y)
+    except Exception:
+        return None
+    return None if y.dtype == object else y
 status["stage"] = "import numpy"
 import numpy as np
 X = load_input("probe")
@@ -233,11 +239,11 @@ t = time.perf_counter()
 y2 = M.predict(X)
 status["second_s"] = time.perf_counter() - t
 status["y1"], status["y2"] = describe(y1), describe(y2)
-arrays = {"y1": np.asarray(y1), "y2": np.asarray(y2)}
+arrays = {"y1": labels_array(y1), "y2": labels_array(y2)}
 status["stage"] = "predict (1 image)"
-y = M.predict(X[:1]); status["one"] = describe(y)
+y = M.predict(X[:1]); status["one"] = describe(y); arrays["one"] = labels_array(y)
 status["stage"] = "predict (0 images)"
-y = M.predict(X[:0]); status["zero"] = describe(y)
+y = M.predict(X[:0]); status["zero"] = describe(y); arrays["zero"] = labels_array(y)
 if hasattr(M, "predict_proba"):
     status["stage"] = "predict_proba"
     p = M.predict_proba(X); status["proba"] = describe(p); arrays["proba"] = np.asarray(p)
@@ -257,7 +263,8 @@ for m in getattr(M, "members", []):  # each network, one view, vs the training m
     status["references"].append(str(m.get("name")))
     status.setdefault("reference_dtypes", []).append(str((m.get("spec") or {}).get("weights_dtype", "float32")))
 for name, array in arrays.items():
-    save_array(name, array)
+    if array is not None:
+        save_array(name, array)
 '''
 
 
@@ -296,25 +303,29 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
     report.add("runs", True, f"{_versions(result)}: import {result['import_s']:.1f} s, Model() {result['load_s']:.1f} s, "
                              f"first predict {result['first_s']:.1f} s")
     y1, d1 = outputs.get("y1"), result["y1"]
-    shape_ok = d1["type"] == "ndarray" and d1.get("shape") == [n]
-    report.add("output shape", shape_ok, f"{d1['type']} {d1.get('shape')} for {n} images (expected ndarray [{n}])",
-               "predict(X) must return a numpy array of shape (n,): one label per image (np.argmax(probs, axis=1))")
-    dtype_ok = d1.get("dtype", "").startswith(("int", "uint"))
-    report.add("output dtype", dtype_ok, f"{d1.get('dtype', d1['type'])} (expected an integer dtype)",
+    # the rule local_eval.py's ingestion applies (bloodcells.ingestion.label_problems)
+    problems = _label_problems(y1, d1, n)
+    if y1 is not None:
+        report.add("output shape", "shape" not in problems,
+                   problems.get("shape", f"{d1['type']} of shape {y1.shape} for {n} images"),
+                   "predict(X) must return a numpy array of shape (n,): one label per image (np.argmax(probs, axis=1))")
+    report.add("output dtype", "dtype" not in problems,
+               problems.get("dtype", f"{d1.get('dtype', d1['type'])} (integer labels, or floats with integer values)"),
                "return integer labels: .astype(np.int64)")
-    if shape_ok and y1 is not None and y1.dtype.kind in "iuf":
-        in_range = bool(np.all((y1 >= 0) & (y1 < NUM_CLASSES) & (y1 == np.round(y1))))
-        report.add("output range", in_range, f"labels in [{y1.min() if n else '-'}, {y1.max() if n else '-'}] "
-                                             f"(expected 0-{NUM_CLASSES - 1})",
+    if "shape" not in problems and "dtype" not in problems:
+        report.add("output range", "values" not in problems,
+                   problems.get("values", f"labels in [{y1.min() if n else '-'}, {y1.max() if n else '-'}] "
+                                          f"(expected 0-{NUM_CLASSES - 1})"),
                    f"return class indices 0-{NUM_CLASSES - 1}, not probabilities or one-hot rows")
     same = y1 is not None and outputs.get("y2") is not None and np.array_equal(y1, outputs["y2"])
     report.add("deterministic", same, "two calls on the same images agree" if same else
                "two calls on the same images gave different labels",
                "make predict deterministic: fixed TTA seeds, inference mode (training=False), no random ops")
     for key, size in (("one", 1), ("zero", 0)):
-        d = result[key]
-        ok = d["type"] == "ndarray" and d.get("shape") == [size]
-        report.add(f"{size} image{'s' if size != 1 else ''}", ok, f"{d['type']} {d.get('shape')}",
+        y, d = outputs.get(key), result[key]
+        problems = _label_problems(y, d, size)
+        report.add(f"{size} image{'s' if size != 1 else ''}", not problems,
+                   "; ".join(problems.values()) if problems else f"{d['type']} of shape {y.shape}",
                    f"predict must accept n = {size} and return shape ({size},)")
     proba = outputs.get("proba")
     if proba is not None:
@@ -339,6 +350,13 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
                + f" (limit {limits.time_limit_s:g} s)",
                "predict faster: fewer TTA views (--tta 4, or 1), a smaller backbone or a smaller resize_to; "
                "or set --time-limit/--test-images/--speedup to the phase's real figures")
+
+
+def _label_problems(labels, described: dict, n: int) -> dict:
+    """ingestion.label_problems of the job's array, or why the job could not hand one back."""
+    if labels is None:
+        return {"dtype": f"{described['type']} that is not a numeric array; expected shape ({n},) of integer labels"}
+    return label_problems(labels, n)
 
 
 def check_reference(result, outputs, report: Report, limits: Limits) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bloodcells import corruptions, shift, stats
-from bloodcells.ingestion import run_submission, validate_predictions
+from bloodcells.ingestion import run_submission
 from bloodcells.scoring import codabench_scores, confusion_matrix, family_severity_accuracy, score
 from tests.conftest import REPO, snapshot
 
@@ -184,12 +184,6 @@ def test_bad_zips_fail_before_running(tmp_path):
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"not a zip")
     assert run_submission(junk, {"test": encoded_images([0])}, time_limit=10).status == "bad_zip"
-
-
-def test_validate_predictions_accepts_column_and_integer_floats():
-    labels, problem = validate_predictions(np.array([[1.0], [7.0]]), 2)
-    assert problem is None and labels.dtype == np.int64 and list(labels) == [1, 7]
-    assert validate_predictions(np.array([0.5, 1.0]), 2)[1].startswith("non-integer")
 
 
 # -- local_eval.py end to end -------------------------------------------------------------------

@@ -178,8 +178,7 @@ def test_wrong_output_nondeterminism_and_written_files(good_folder, tmp_path):
         (f / "model.py").write_text((f / "model.py").read_text() + BAD_MODEL)
     report = validate(make_zip(good_folder, tmp_path / "s.zip", edit), limits=LIMITS)
     bad = failed(report)
-    assert "[8, 8]" in bad["output shape"].detail and "shape (n,)" in bad["output shape"].fix
-    assert "float64" in bad["output dtype"].detail and "astype(np.int64)" in bad["output dtype"].fix
+    assert "shape (8, 8); expected shape (8,)" in bad["output shape"].detail and "shape (n,)" in bad["output shape"].fix
     assert "fixed TTA seeds" in bad["deterministic"].fix
     assert "working directory: cache.txt" in bad["no files written"].detail
     assert "submission folder: log.txt" in bad["no files written"].detail
