@@ -96,27 +96,37 @@ class IngestionResult:
         return self.status == "ok"
 
 
-def check_zip(zip_path) -> list[str]:
-    """Names in the zip; raises UserError when it cannot be a submission."""
+def zip_layout(zip_path) -> tuple[list, str | None]:
+    """(file names, None) or (file names, [] when unreadable, and what stops the server
+    from running it: "field: problem; expected ..."). The one layout rule of local_eval.py
+    and build_submission.py: a readable, intact zip, every name inside it, model.py at its
+    root. Files in folders are allowed: the server extracts the zip as it is."""
     zip_path = Path(zip_path)
     if not zip_path.is_file():
-        raise UserError(f"{zip_path}: file not found; expected a submission .zip")
+        return [], "file not found; expected a submission .zip"
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            names = archive.namelist()
+            names = [i.filename for i in archive.infolist() if not i.is_dir()]
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"{zip_path}: zip: unreadable ({exc}); expected a zip made by build_submission.py") from None
-    if bad is not None:
-        raise UserError(f"{zip_path}: {bad}: corrupt member (CRC error); expected an intact zip")
+        return [], f"zip: unreadable ({exc}); expected a zip made by build_submission.py"
+    if bad is not None:  # no names: nothing in it can be read safely
+        return [], f"{bad}: corrupt member (CRC error); expected an intact zip"
     unsafe = [n for n in names if n.startswith("/") or ".." in Path(n).parts]
     if unsafe:
-        raise UserError(f"{zip_path}: {unsafe[0]}: path outside the zip root; expected relative names")
+        return names, f"{unsafe[0]}: path outside the zip root; expected relative names"
     if "model.py" not in names:
-        nested = [n for n in names if n.endswith("/model.py") or n == "model.py"]
+        nested = [n for n in names if n.endswith("/model.py")]
         where = f" (found {nested[0]}: files must be at the root, not in a folder)" if nested else ""
-        raise UserError(f"{zip_path}: model.py: missing at the zip root{where}; expected model.py "
-                        f"defining class Model")
+        return names, f"model.py: missing at the zip root{where}; expected model.py defining class Model"
+    return names, None
+
+
+def check_zip(zip_path) -> list[str]:
+    """Names in the zip; raises UserError when the server could not run it (zip_layout)."""
+    names, problem = zip_layout(zip_path)
+    if problem:
+        raise UserError(f"{zip_path}: {problem}")
     return names
 
 
@@ -232,5 +242,5 @@ def _fmt_seconds(value) -> str:
     return "?" if value is None else f"{value:.1f} s"
 
 
-__all__ = ["DEFAULT_TIME_LIMIT", "time_limit_text", "IngestionResult", "check_zip", "run_submission", "LABEL_ASPECTS",
-           "label_problems", "validate_predictions"]
+__all__ = ["DEFAULT_TIME_LIMIT", "time_limit_text", "IngestionResult", "zip_layout", "check_zip", "run_submission",
+           "LABEL_ASPECTS", "label_problems", "validate_predictions"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells import IMAGE_SIZE, NUM_CLASSES, sandbox
-from bloodcells.ingestion import DEFAULT_TIME_LIMIT, label_problems, time_limit_text
+from bloodcells.ingestion import DEFAULT_TIME_LIMIT, label_problems, time_limit_text, zip_layout
 from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT, shipped_model_module
 
 MANIFEST_NAME = shipped_model_module().MANIFEST_NAME  # written by bloodcells.submission.stage, read by model.py
@@ -134,8 +134,9 @@ def check_code(source: str, report: Report) -> None:
                "find files next to model.py: os.path.join(os.path.dirname(os.path.abspath(__file__)), name)")
 
 
-def check_manifest(zf: zipfile.ZipFile, root: set, report: Report) -> None:
-    """The files are the ones the manifest lists, unchanged since the zip was built."""
+def check_manifest(zf: zipfile.ZipFile, names: set, report: Report) -> None:
+    """The files (`names`, folders included) are the ones the manifest lists, unchanged
+    since the zip was built."""
     import hashlib
 
     try:
@@ -144,8 +145,8 @@ def check_manifest(zf: zipfile.ZipFile, root: set, report: Report) -> None:
         report.add("manifest", False, f"unreadable manifest.json ({exc})", "rebuild the zip with build_submission.py")
         return
     changed = sorted(n for n, digest in listed.items()
-                     if n not in root or hashlib.sha256(zf.read(n)).hexdigest() != digest)
-    extra = sorted(root - set(listed) - {MANIFEST_NAME})
+                     if n not in names or hashlib.sha256(zf.read(n)).hexdigest() != digest)
+    extra = sorted(names - set(listed) - {MANIFEST_NAME})
     report.add("manifest", not changed and not extra,
                f"{len(listed)} files match their sha256" if not changed and not extra else
                "; ".join(filter(None, [changed and f"changed or missing since built: {', '.join(changed)}",
@@ -154,18 +155,11 @@ def check_manifest(zf: zipfile.ZipFile, root: set, report: Report) -> None:
 
 
 def check_layout(zf: zipfile.ZipFile, report: Report) -> bool:
-    """Everything at the root, model.py, specs and their weights, no .keras files.
-    Returns whether it is worth running the zip."""
+    """What this kit's model.py needs beyond what the server does (ingestion.zip_layout,
+    checked before): specs and their weights at the root, no .keras files, the manifest,
+    model.py's code. Returns whether it is worth running the zip."""
     names = [i.filename for i in zf.infolist() if not i.is_dir()]
-    nested = [n for n in names if "/" in n or "\\" in n]
-    report.add("layout", not nested,
-               f"{len(names)} files at the root" if not nested else
-               f"files inside folders: {', '.join(nested[:5])}{' ...' if len(nested) > 5 else ''}",
-               "put every file at the zip's root (build it with build_submission.py, or `zip -j`)")
     root = {n for n in names if "/" not in n}
-    has_model = report.add("model.py", "model.py" in root,
-                           "present" if "model.py" in root else "model.py is not at the zip's root",
-                           "ship model.py at the root: build the zip with build_submission.py")
     whole = [n for n in root if n.endswith(".keras")]
     report.add("no .keras files", not whole,
                "weights only" if not whole else f"{', '.join(whole)}: whole .keras files fail to load on Keras 3.4.1",
@@ -191,10 +185,10 @@ def check_layout(zf: zipfile.ZipFile, report: Report) -> bool:
                "missing weights: " + "; ".join(missing),
                "re-export the model (model.json + model.weights.h5) and rebuild with build_submission.py")
     if MANIFEST_NAME in root:
-        check_manifest(zf, root, report)
-    if has_model:
+        check_manifest(zf, set(names), report)
+    if "model.py" in root:
         check_code(zf.read("model.py").decode("utf-8", errors="replace"), report)
-    return has_model and bool(specs) and not missing and not nested
+    return bool(specs) and not missing
 
 
 # The probe calls, run in the sandbox: numpy only before the submission is imported, so
@@ -425,12 +419,13 @@ def validate(zip_path, python=None, limits: Limits | None = None, reference=None
     size_mb = zip_path.stat().st_size / 1e6
     report.add("size", size_mb <= limits.max_size_mb, f"{size_mb:.1f} MB (limit {limits.max_size_mb:g} MB)",
                "ship fewer or smaller models, or --half (float16 weights, half the size)")
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as exc:
-        report.add("zip", False, f"not a readable zip ({exc})", "rebuild it with build_submission.py")
+    # the layout rule local_eval.py's ingestion applies
+    names, problem = zip_layout(zip_path)
+    report.add("layout", not problem, problem or f"{len(names)} files, model.py at the root",
+               "rebuild the zip with build_submission.py (model.py at the zip's root, nothing edited after)")
+    if not names:
         return report
-    with zf, sandbox.temporary_folder("submission") as tmp:
+    with zipfile.ZipFile(zip_path) as zf, sandbox.temporary_folder("submission") as tmp:
         if not check_layout(zf, report) or not all(c.ok for c in report.checks if c.name not in ("size", "manifest")):
             report.add("runs", False, "not run: fix the problems above first", "fix the problems above, then rebuild")
             return report
