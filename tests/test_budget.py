@@ -131,7 +131,8 @@ def test_validation_fit_budget_and_select_project_the_same_time(exports, tmp_pat
         described = {"type": "ndarray", "dtype": "int64", "shape": [n]}
         status = {"stage": "done", "import_s": 2.0, "load_s": 3.0, "first_s": 5.0, "first_images": 128,
                   "pass_s": [1.28, 1.28, 1.28], "second_s": 1.28, "selection_s": 1.28, "references": [],
-                  "y1": described, "y2": described, "one": dict(described, shape=[1]), "zero": dict(described, shape=[0])}
+                  "y1": described, "y2": described, "one": dict(described, shape=[1]),
+                  "zero": dict(described, shape=[0])}
         arrays = {"y1": labels, "y2": labels, "one": labels[:1], "zero": labels[:0],
                   "probabilities": np.full((n, 8), 1 / 8, np.float32)}
         return sandbox.SandboxResult(status, arrays, returncode=0)

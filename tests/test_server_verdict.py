@@ -21,8 +21,8 @@ from bloodcells.validation import MANIFEST_NAME, Limits, validate
 from tests.conftest import REPO
 
 # appended to the shipped model.py: predict returns the same labels in another form
-RETURN_FLOATS = "\nModel.predict = (lambda predict: lambda self, X: predict(self, X).astype(np.float32))(Model.predict)\n"
-RETURN_COLUMN = "\nModel.predict = (lambda predict: lambda self, X: predict(self, X)[:, None])(Model.predict)\n"
+RETURN_FLOATS = "\nModel.predict = (lambda labels: lambda self, X: labels(self, X).astype(np.float32))(Model.predict)\n"
+RETURN_COLUMN = "\nModel.predict = (lambda labels: lambda self, X: labels(self, X)[:, None])(Model.predict)\n"
 NOTES = "notes/readme.txt"
 
 
@@ -57,7 +57,8 @@ ZIPS = {  # name: (kit_zip arguments, the server runs it, the words both give wh
     "predict returns float labels": ({"model_py_tail": RETURN_FLOATS}, True, None),
     "predict returns a column (n, 1)": ({"model_py_tail": RETURN_COLUMN}, False, "shape (8, 1); expected shape (8,)"),
     "a file in a folder": ({"nested": True}, True, None),
-    "model.py in a folder": ({"nested": "model.py"}, False, "model.py: missing at the zip root (found submission/model.py"),
+    "model.py in a folder": ({"nested": "model.py"}, False,
+                             "model.py: missing at the zip root (found submission/model.py"),
 }
 
 
