@@ -2,7 +2,8 @@
 Niculescu-Mizil, Crew & Ksikes, "Ensemble selection from libraries of models", ICML 2004).
 
 Each candidate (an exported model folder) predicts the shifted selection images once,
-as it would ship (its TTA, through model.py); then, starting from an empty ensemble, each
+as it would ship (its TTA, through model.py, in the sandbox with --python's interpreter,
+timed as validation and --fit-budget time a zip); then, starting from an empty ensemble, each
 step adds the candidate - possibly one already in - whose addition gives the highest
 accuracy of the averaged probabilities, and selection stops when no addition improves
 it or every improving one would break the time or size limit the validator checks
