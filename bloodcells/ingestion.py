@@ -196,13 +196,13 @@ def _result(run: sandbox.SandboxResult, sets: dict, time_limit: float) -> Ingest
     return result
 
 
-# What the server accepts from predict(), the one rule for local_eval.py (ingestion) and
-# build_submission.py (validation). Codabench's examples save what predict returns with
-# np.save / np.savetxt (so np.asarray of it) and score it with sklearn's accuracy_score,
-# which takes integer-valued floats as labels and refuses NaN and fractions; floats pass.
-# A column (n, 1) is refused: the AN2DL template asks for shape (n_samples,), and a scorer
-# comparing with `==` broadcasts a column to (n, n) and scores it wrong without an error.
-# Labels outside 0-7 are refused too: a scorer counts them wrong, silently.
+# What the server accepts from predict(): the one rule of local_eval.py (ingestion) and
+# build_submission.py (validation). Codabench's example ingestion programs store
+# np.asarray(predict(X)) (np.save / np.savetxt) and their scoring programs call sklearn's
+# accuracy_score, which takes floats with integer values as labels and rejects NaN and
+# fractions: so float labels pass. A column (n, 1) does not: the AN2DL template asks for
+# shape (n_samples,), and a scorer comparing with `==` broadcasts a column to (n, n), a
+# wrong score without an error. Nor do labels outside 0-7: scored wrong, silently.
 LABEL_ASPECTS = ("shape", "dtype", "values")
 
 
