@@ -138,7 +138,7 @@ def main(argv=None):
     if board.row_key(row) not in keys:
         print(f"leaderboard: {zip_path.name} is listed, not ranked ({row.get('status')}) -> {args.leaderboard_file}")
     else:
-        shown = ", ".join(f"{board.PROFILE_LABELS.get(p, p)} {_estimate(row, p)}" for p in results
+        shown = ", ".join(f"{shift.label(p)} {_estimate(row, p)}" for p in results
                           if row.get(f"acc_{p}") not in (None, ""))
         print(f"leaderboard: {zip_path.name} is #{keys.index(board.row_key(row)) + 1} of {len(same_set)} ranked on "
               f"this test set by server-like accuracy ({shown}; %, 95 % intervals over {len(data.labels)} images) "

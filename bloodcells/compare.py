@@ -18,7 +18,6 @@ from .cli import UserError
 
 # The profile whose verdict decides; the first evaluated profile when it is missing.
 DECISION_PROFILE = "server"
-LABELS = {"none": "clean", "server": "server-like"}
 
 
 def load_evaluation(folder) -> dict:
@@ -56,8 +55,7 @@ def _read_predictions(path) -> dict:
 
 
 def _image_key(metrics: dict, seed) -> str | None:
-    name = metrics["profile"] if seed is None else f"{metrics['profile']}_seed{seed}"
-    return (metrics.get("sets") or {}).get(name, {}).get("images_sha256")
+    return (metrics.get("sets") or {}).get(shift.set_name(metrics["profile"], seed), {}).get("images_sha256")
 
 
 def compare(folder_a, folder_b, name_a: str, name_b: str) -> dict:
@@ -97,7 +95,8 @@ def compare(folder_a, folder_b, name_a: str, name_b: str) -> dict:
                 raise UserError(f"{name_a if key_a is None else name_b}: {where}: no record of the images it met; "
                                 f"expected an evaluation by this version of local_eval.py (re-evaluate it)")
             if key_a != key_b:
-                codes = ma["sets"][_name(profile, seed)].get("shift_code"), mb["sets"][_name(profile, seed)].get("shift_code")
+                name = shift.set_name(profile, seed)
+                codes = ma["sets"][name].get("shift_code"), mb["sets"][name].get("shift_code")
                 raise UserError(f"{name_b}: {where}: met other images than {name_a} (shift code {codes[1]} vs "
                                 f"{codes[0]}); expected both evaluated on the same cached shift (the same "
                                 f"shift.py and cache, no --refresh-shift in between)")
@@ -109,8 +108,7 @@ def compare(folder_a, folder_b, name_a: str, name_b: str) -> dict:
             correct_b.append(pred_b == labels_b)
             tests.append({"seed": seed, **stats.mcnemar_exact(correct_a[-1], correct_b[-1])})
         difference = stats.paired_difference(np.array(correct_a), np.array(correct_b))
-        label = LABELS.get(profile, profile) + ("" if seeds == [None] else
-                                                f" (shift seeds {', '.join(map(str, seeds))})")
+        label = shift.label(profile) + ("" if seeds == [None] else f" (shift seeds {', '.join(map(str, seeds))})")
         out[profile] = {"seeds": seeds, "difference": difference, "mcnemar": tests,
                         "accuracy_a": float(np.mean(correct_a)), "accuracy_b": float(np.mean(correct_b)),
                         "n": len(correct_a[0]), "label": label,
@@ -134,10 +132,6 @@ def compare_rows(row_a: dict, row_b: dict) -> dict:
                 raise UserError(f"{row.get('zip')}: {folder} now holds an evaluation on other test images "
                                 f"({m.get('data')}); expected this row's, re-evaluate it with --data {row.get('data')}")
     return compare(row_a["eval_dir"], row_b["eval_dir"], row_a.get("zip", "A"), row_b.get("zip", "B"))
-
-
-def _name(profile, seed):
-    return profile if seed is None else f"{profile}_seed{seed}"
 
 
 def _draw(test) -> str:

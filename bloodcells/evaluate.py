@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import corruptions, report, sandbox, shift, stats
+from .corruptions import FAMILIES, SEVERITIES
 from .data import fingerprint
 from .eval_report import worst_families_text
 from .files import save_npz_atomic, sha256_file, write_json_atomic, write_text_atomic
@@ -24,9 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 EVAL_DIR = REPO / "submission" / "eval"
 LEADERBOARD = REPO / "submission" / "leaderboard.csv"
 CACHE_DIR = REPO / "build" / "shift_cache"
-# The profiles local evaluation runs by default, in the order reports and the leaderboard show them.
-# `second_opinion` is shift code nobody on the team wrote (albumentations): a check on `server`.
-DEFAULT_PROFILES = ("none", "server", "second_opinion")
+# The profiles local evaluation runs by default, in the registry's order (reports and the leaderboard's).
+DEFAULT_PROFILES = tuple(name for name, p in shift.REGISTRY.items() if p.evaluated_by_default)
 # Shift seeds of the evaluation: several draws of the shift, none of them the seed training
 # selects epochs with (configs' [shift] seed = 0).
 EVAL_SEEDS = (1, 2, 3)
@@ -100,17 +100,13 @@ def cached_shift(images, profile: str, seed: int, data_sha: str, cache_dir=CACHE
                 if code != shift_code():
                     print(f"note: {path}: made by an older shift.py ({code}); kept so scores stay "
                           f"comparable (--refresh-shift to rebuild)")
-                return shifted, [_parse_ops(o) for o in ops], code
+                return shifted, [shift.decode_ops(o) for o in ops], code
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: rebuild it
     shifted = shift.apply_shift(images, profile, seed, progress=True)
-    ops = ["+".join(f"{f}:{s}" for f, s in steps) for steps in plans]
+    ops = [shift.encode_ops(steps) for steps in plans]
     save_npz_atomic(path, images=shifted, ops=np.asarray(ops), shift_code=np.asarray(shift_code()))
     return shifted, plans, shift_code()
-
-
-def _parse_ops(text: str):
-    return [(op.split(":")[0], int(op.split(":")[1])) for op in str(text).split("+") if op]
 
 
 def sweep_subset(labels, count: int, seed: int) -> np.ndarray:
@@ -174,17 +170,9 @@ def _waiting(label):
     return notify
 
 
-def _set_name(profile: str, seed) -> str:
-    return profile if seed is None else f"{profile}_seed{seed}"
-
-
 def _plans(profile, n, seed):
-    """Per-image operations when the profile can say them (a profile without per-image
-    plans, e.g. a third-party shift, gets none: no family table)."""
-    try:
-        return [shift.plan(i, profile, seed) for i in range(n)]
-    except ValueError:
-        return [[] for _ in range(n)]
+    """Per-image operations ([] for every image of `none`: no family table)."""
+    return [shift.plan(i, profile, seed) for i in range(n)]
 
 
 def evaluate_profile(zip_path, data, profile, args, common) -> dict:
@@ -194,7 +182,7 @@ def evaluate_profile(zip_path, data, profile, args, common) -> dict:
     seeds = [None] if profile == "none" else list(args.seeds)
     sets, plans, origin = {}, {}, {}
     for seed in seeds:
-        name = _set_name(profile, seed)
+        name = shift.set_name(profile, seed)
         sets[name], plans[name], code = cached_shift(data.images, profile, seed or 0, common["data_sha"],
                                                      args.cache_dir, args.refresh_shift)
         origin[name] = {"seed": seed, "shift_code": code,
@@ -278,7 +266,7 @@ def family_table(correct, plans, profile: str) -> dict:
     """family -> {"all": (accuracy, n), severity: (accuracy, n)} over the images each of the
     profile's families touched (its own families: the second opinion's are not ours)."""
     table = family_severity_accuracy(correct, plans)
-    return {f: {"all": table[(f, None)]} | {s: table[(f, s)] for s in corruptions.SEVERITIES if (f, s) in table}
+    return {f: {"all": table[(f, None)]} | {s: table[(f, s)] for s in SEVERITIES if (f, s) in table}
             for f in shift.families(profile) if (f, None) in table}
 
 
@@ -305,9 +293,9 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
     images, labels = data.images[index], data.labels[index]
     sets = {"clean": images}
     for family, severity, shifted in shift.sweep(images, seed):
-        sets[f"{family}_s{severity}"] = shifted
+        sets[_sweep_set(family, severity)] = shifted
     limit = args.time_limit * len(sets)
-    print(f"sweep: {len(corruptions.FAMILIES)} families x 5 severities on {len(index)} images, seed {seed} "
+    print(f"sweep: {len(FAMILIES)} families x {len(SEVERITIES)} severities on {len(index)} images, seed {seed} "
           f"(time limit per set {time_limit_text(args.time_limit)})", flush=True)
     log = _attempt_log(out)
     try:
@@ -325,11 +313,11 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
     if not result.ok:
         return metrics
     accuracy = {name: float((p == labels).mean()) for name, p in result.predictions.items()}
-    table = {f: {s: (accuracy[f"{f}_s{s}"], len(index)) for s in corruptions.SEVERITIES} for f in corruptions.FAMILIES}
-    for f in corruptions.FAMILIES:
-        table[f]["all"] = (float(np.mean([accuracy[f"{f}_s{s}"] for s in corruptions.SEVERITIES])), len(index) * 5)
+    table = {f: {s: (accuracy[_sweep_set(f, s)], len(index)) for s in SEVERITIES} for f in FAMILIES}
+    for f in FAMILIES:
+        table[f]["all"] = (float(np.mean([accuracy[_sweep_set(f, s)] for s in SEVERITIES])), len(index) * len(SEVERITIES))
     corrupted = np.stack([p for name, p in result.predictions.items() if name != "clean"])
-    worst = sorted(corruptions.FAMILIES, key=lambda f: table[f]["all"][0])[:3]
+    worst = sorted(FAMILIES, key=lambda f: table[f]["all"][0])[:3]
     # The mean over every family x severity, its interval from resampling the subset's images.
     metrics.update({k: v for k, v in stats.score_intervals(labels, corrupted).items() if k in INTERVAL_KEYS})
     metrics.update({"clean_accuracy": accuracy["clean"],
@@ -344,7 +332,7 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
                                             "duration": (result.init_seconds or 0) + metrics["predict_seconds"]})
     write_json_atomic(out / "metrics.json", metrics)
     lines = ["family,severity,accuracy,n"] + [f"{f},{s},{table[f][s][0]:.4f},{len(index)}"
-                                              for f in corruptions.FAMILIES for s in corruptions.SEVERITIES]
+                                              for f in FAMILIES for s in SEVERITIES]
     write_text_atomic(out / "sweep.csv", "\n".join(lines) + "\n")
     report.save_family_accuracy(out / "families.png", table, reference=accuracy["clean"],
                                 title=f"Sweep: accuracy per family and severity ({len(index)} images each)")
@@ -354,6 +342,11 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
           f"worst families: {worst_families_text(metrics)} "
           f"-> {out / 'scores.json'}")
     return metrics
+
+
+def _sweep_set(family: str, severity: int) -> str:
+    """The sweep's image set of one family at one severity (metrics.json's `sets` keys)."""
+    return f"{family}_s{severity}"
 
 
 def _by_count(correct, plans) -> dict:
@@ -372,7 +365,7 @@ def _write_predictions(path, labels, names, origin, predictions, probabilities, 
         proba = probabilities.get(name)
         for i, (t, p) in enumerate(zip(labels, pred)):
             conf = "" if proba is None else f"{proba[i].max():.4f}"
-            ops = "+".join(f"{f}:{s}" for f, s in plans[name][i])
+            ops = shift.encode_ops(plans[name][i])
             lines.append(f"{i},{seed},{t},{p},{int(t == p)},{conf},{ops}")
     write_text_atomic(path, "\n".join(lines) + "\n")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
+from . import shift, stats
 from .cli import UserError
 from .files import atomic_path
 from .report import cell_text, percent
@@ -32,8 +32,6 @@ BASE_COLUMNS = ("time", "zip", "zip_sha256", "status", "data", "data_sha256", "s
                 "eval_dir", "init_seconds", "run_seconds", "server_score")
 # Per profile p: <short>_<p> with <short>_<p>_lo / _hi (95 % interval) and n_<p>.
 SCORE_KEYS = {"acc": "accuracy", "bacc": "balanced_accuracy", "f1": "macro_f1"}
-PROFILE_LABELS = {"none": "clean", "server": "server-like", "sweep": "sweep"}
-PROFILE_ORDER = ("none", "server", "second_opinion", "sweep")  # columns in this order, then any other
 FAMILY_PREFIX = "fam_"
 FAILED_PREFIX = "failed_"  # failed_<profile>: the last failed attempt ("crashed at TIME"), "" once it succeeds
 SUFFIXES = ("_lo", "_hi", "_min", "_max")
@@ -72,9 +70,10 @@ def write_rows(path, rows: list[dict]) -> None:
 
 
 def profiles_in(rows) -> list[str]:
-    """Profiles with an accuracy column in any row, in PROFILE_ORDER, then alphabetically."""
+    """Profiles with an accuracy column in any row, in the registry's order (shift.PROFILES),
+    then alphabetically (a profile an older version had)."""
     found = {k[4:] for row in rows for k in row if k.startswith("acc_") and not k.endswith(SUFFIXES)}
-    return [p for p in PROFILE_ORDER if p in found] + sorted(found - set(PROFILE_ORDER))
+    return [p for p in shift.PROFILES if p in found] + sorted(found - set(shift.PROFILES))
 
 
 def local_scores(rows) -> list[str]:
@@ -87,7 +86,7 @@ def _columns(rows) -> list[str]:
     seen = {k for row in rows for k in row}
     grouped = [f"{c}{suffix}" for c in local_scores(rows) for suffix in ("",) + SUFFIXES]
     grouped += [f"{prefix}_{p}" for p in profiles_in(rows) for prefix in ("n", "seeds", "predict_seconds")]
-    grouped += [f"{FAILED_PREFIX}{p}" for p in PROFILE_ORDER]
+    grouped += [f"{FAILED_PREFIX}{p}" for p in shift.PROFILES]
     ordered = list(BASE_COLUMNS) + [c for c in grouped if c in seen and c not in BASE_COLUMNS]
     return ordered + sorted(seen - set(ordered))
 
@@ -272,9 +271,9 @@ def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -
     best = best_fit(fits)
     headers = ["#", "zip"] + (["test set"] if several else []) + ["evaluated"]
     for p in profiles:
-        headers.append(f"{PROFILE_LABELS.get(p, p)} %")
+        headers.append(f"{shift.label(p)} %")
         if any(r.get(f"acc_{p}_min") for r in rows):
-            headers.append(f"{PROFILE_LABELS.get(p, p)} per seed")
+            headers.append(f"{shift.label(p)} per seed")
     if any(r.get("sweep_worst") for r in rows):
         headers.append("sweep worst 3")
     headers.append("server")

@@ -29,7 +29,8 @@ import os
 
 import numpy as np
 
-from .corruptions import SEVERITIES, check_severity, image_rng, random_severity
+# SEVERITIES is ours, shared: second_opinion.SEVERITIES is the same tuple.
+from .corruptions import SEVERITIES, check_severity, image_rng, random_severity  # noqa: F401
 
 PROFILE = "second_opinion"
 OPS_PER_IMAGE = (1, 2, 3)
