@@ -15,6 +15,7 @@ import numpy as np
 
 from . import shift, stats
 from .cli import UserError
+from .files import sha256_file
 
 # The profile whose verdict decides; the first evaluated profile when it is missing.
 DECISION_PROFILE = "server"
@@ -134,6 +135,56 @@ def compare_rows(row_a: dict, row_b: dict) -> dict:
     return compare(row_a["eval_dir"], row_b["eval_dir"], row_a.get("zip", "A"), row_b.get("zip", "B"))
 
 
+def against_best_line(best: dict, row: dict) -> str:
+    """The verdict of a newly evaluated row against the leaderboard's best other zip, or
+    why they cannot be compared."""
+    try:
+        result = compare_rows(best, row)
+    except UserError as exc:
+        return f"against the best so far ({best.get('zip')}): not compared: {exc}"
+    return f"against the best so far: {result['verdict'][1]}"
+
+
+def leaderboard_cell(best: dict, row: dict) -> str:
+    """The leaderboard table's `vs #1` cell: B - A on the deciding profile against the
+    best zip, when both evaluation folders are still there and met the same images."""
+    if not (best.get("eval_dir") and row.get("eval_dir")):
+        return ""
+    try:
+        result = compare_rows(best, row)
+    except UserError:
+        return "not comparable"
+    r = result["profiles"][result["decision"]]
+    (low, high), d = r["difference"]["ci"], r["difference"]["difference"]
+    word = {"better": "better", "worse": "worse", "tie": "same?"}[r["verdict"][0]]
+    return f"{100 * d:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] {word}"
+
+
+def compare_given(given_a: str, given_b: str, eval_dir) -> str:
+    """--compare A B: each a zip (its evaluation folder under eval_dir, which must hold
+    this zip's evaluation) or an evaluation folder; the comparison as text."""
+    folders, names = [], []
+    for given in (given_a, given_b):
+        path = Path(given)
+        folder = path if path.is_dir() else Path(eval_dir) / path.stem
+        if path.is_file():
+            _check_same_zip(path, folder)
+        folders.append(folder)
+        names.append(path.name)
+    result = compare(folders[0], folders[1], names[0], names[1])
+    return format_comparison(result, names[0], names[1])
+
+
+def _check_same_zip(path: Path, folder: Path) -> None:
+    sha = sha256_file(path)
+    for metrics in folder.glob("*/metrics.json"):
+        recorded = json.loads(metrics.read_text()).get("zip_sha256")
+        if recorded and recorded != sha:
+            raise UserError(f"{path}: zip: {folder} holds the evaluation of another zip of that name "
+                            f"(sha256 {recorded[:12]}, this one {sha[:12]}); expected `python local_eval.py "
+                            f"{path} --data TEST` first")
+
+
 def _draw(test) -> str:
     return "" if test["seed"] is None else f"seed {test['seed']}: "
 
@@ -155,4 +206,5 @@ def format_comparison(result: dict, name_a: str, name_b: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DECISION_PROFILE", "load_evaluation", "compare", "compare_rows", "format_comparison"]
+__all__ = ["DECISION_PROFILE", "load_evaluation", "compare", "compare_rows", "compare_given", "against_best_line",
+           "leaderboard_cell", "format_comparison"]
