@@ -131,23 +131,23 @@ def set_name(profile: str, seed: int | None) -> str:
     return profile if seed is None else f"{profile}_seed{seed}"
 
 
-def encode_ops(plan: Plan) -> str:
+def encode_ops(steps: Plan) -> str:
     """A plan as text, e.g. 'blur:3+jpeg:2' ('' for none)."""
-    return "+".join(f"{family}:{severity}" for family, severity in plan)
+    return "+".join(f"{family}:{severity}" for family, severity in steps)
 
 
 def decode_ops(text) -> Plan:
     """encode_ops' text back to [(family, severity), ...]."""
-    plan = []
+    steps = []
     for op in str(text).split("+"):
         if not op:
             continue
         family, _, severity = op.partition(":")
         try:
-            plan.append((family, int(severity)))
+            steps.append((family, int(severity)))
         except ValueError:
             raise ValueError(f"ops text '{text}': '{op}' is not family:severity") from None
-    return plan
+    return steps
 
 
 # -- public API ---------------------------------------------------------------------------
