@@ -269,6 +269,36 @@ def test_held_out_split_is_used_by_default(tmp_path, pixel_zip):
     assert json.loads((tmp_path / "eval" / "pixel" / "none" / "scores.json").read_text())["accuracy"] == 1.0
 
 
+def test_the_evaluation_runs_from_settings_without_a_command_line(pixel_zip, test_set, tmp_path):
+    from bloodcells.evaluate import EvalSettings, evaluate_zip
+
+    data, _, _ = test_set
+    settings = EvalSettings(zip_path=pixel_zip, data=data, profiles=("none", "none"), eval_dir=tmp_path / "eval",
+                            leaderboard_file=tmp_path / "board.csv", cache_dir=tmp_path / "cache")
+    assert settings.profiles == ("none",) and settings.seeds == (1, 2, 3)
+    done = evaluate_zip(settings)
+    assert done.ok and done.images == 24 and list(done.results) == ["none"]
+    assert done.results["none"]["accuracy"] == pytest.approx(21 / 24)
+    assert done.report == tmp_path / "eval" / "pixel" / "report.html" and done.report.exists()
+    assert done.row["zip"] == "pixel.zip" and float(done.row["acc_none"]) == pytest.approx(21 / 24)
+    assert [r["zip"] for r in done.rows] == ["pixel.zip"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("profiles", ("none", "wild"), "--profile: unknown 'wild'; expected some of none, server, second_opinion, sweep"),
+    ("time_limit", 0, "--time-limit: 0; expected a positive number of seconds"),
+    ("seeds", (1, -2), "--seeds: 1 -2; expected non-negative integers"),
+    ("sweep_images", 3, "--sweep-images: 3; expected at least 8"),
+])
+def test_eval_settings_refuse_a_bad_value_in_one_line(tmp_path, field, value, message):
+    from bloodcells.cli import UserError
+    from bloodcells.evaluate import EvalSettings
+
+    with pytest.raises(UserError) as refused:
+        EvalSettings(zip_path=tmp_path / "a.zip", data=tmp_path / "test.npz", **{field: value})
+    assert str(refused.value) == message
+
+
 # -- paired comparison ------------------------------------------------------------------------------
 
 def two_answers_set(path, a_predictions, b_predictions, labels, seed=0):
