@@ -151,7 +151,7 @@ def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int
     from bloodcells.cli import Progress
     from bloodcells.models import read_export
     from bloodcells.submission import stage
-    from bloodcells.validation import probe_images
+    from bloodcells.shipped import probe_images
 
     probe = probe_images(images, seed=7)
     progress = Progress(len(weights_dirs), "measuring each member's speed (one view)")

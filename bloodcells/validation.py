@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodcells import IMAGE_SIZE, NUM_CLASSES, sandbox
+from bloodcells import NUM_CLASSES, sandbox
 from bloodcells.budget import measured_costs, server_seconds
 from bloodcells.ingestion import DEFAULT_TIME_LIMIT, label_problems, time_limit_text, zip_layout
-from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT, shipped_model_module
+from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT
+from bloodcells.shipped import PROBE_IMAGES, REFERENCE_TOLERANCE, probe_images, shipped_model_module  # noqa: F401
 
 MANIFEST_NAME = shipped_model_module().MANIFEST_NAME  # written by bloodcells.submission.stage, read by model.py
 
@@ -38,14 +39,14 @@ ABSOLUTE_PATH = re.compile(r"^(/[^\s/]+/|~/|[A-Za-z]:[\\/])\S*$")
 class Limits:
     """What a submission must meet. Defaults are printed by every validation."""
 
-    probe_images: int = 64  # images predicted in the validation run
+    probe_images: int = PROBE_IMAGES  # images predicted in the validation run
     test_images: int = 20_000  # test-set size the time per image is extrapolated to
     time_limit_s: float = DEFAULT_TIME_LIMIT  # the phase's time limit (Codabench's default, as local_eval.py)
     speedup: float = 1.0  # how many times faster the server is than this machine (e.g. it has a GPU)
     max_size_mb: float = 500.0  # zip size limit
     half_tolerance: float = 0.01  # --half: largest allowed |p16 - p32| on the probe batch
     parity_tolerance: float = 1e-3  # server check: largest allowed |p_server - p_here|
-    reference_tolerance: float = 1e-5  # largest allowed |p_zip - p_training model| (single view)
+    reference_tolerance: float = REFERENCE_TOLERANCE  # largest allowed |p_zip - p_training model| (single view)
     timeout_s: float = 1800.0  # the validation process is stopped after this
 
     def describe(self) -> str:
@@ -87,21 +88,6 @@ class Report:
 
     def text(self) -> str:
         return "\n".join(c.line() for c in self.checks)
-
-
-def probe_images(n: int, seed: int = 0) -> np.ndarray:
-    """Deterministic cell-like probe images: a dark blob on a light, noisy background."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
-    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    for i in range(n):
-        cy, cx = rng.uniform(30, 66, size=2)
-        r = rng.uniform(10, 30)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
-        colour = rng.uniform(60, 200, size=3)
-        img = 225 - blob * (225 - colour) + rng.normal(0, 8, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
-        images[i] = np.clip(img, 0, 255).astype(np.uint8)
-    return images
 
 
 def check_code(source: str, report: Report) -> None:

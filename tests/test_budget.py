@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bloodcells import budget, ensemble_select, sandbox, submission
+from bloodcells.build import build_main
 from bloodcells.budget import Rate, plan_budget
 from bloodcells.cli import UserError
 from bloodcells.untrained import export_tiny
@@ -58,7 +59,7 @@ def exports(tmp_path_factory):
 
 def build(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        submission.build_main(argv)
+        build_main(argv)
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 

@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from bloodcells import submission
+from bloodcells.build import build_main
 from bloodcells.cli import UserError
 from bloodcells.ingestion import check_zip, validate_predictions
 from bloodcells.submission import MODEL_PY, stage, zip_folder
@@ -75,7 +75,7 @@ def local_eval(tmp_path, zip_path):
 
 def build_check(zip_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        submission.build_main(["--check", str(zip_path), "--probe-images", "8"])
+        build_main(["--check", str(zip_path), "--probe-images", "8"])
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bloodcells import submission, validation
+from bloodcells.build import build_main
 from bloodcells.submission import stage, zip_folder
 from bloodcells.untrained import export_tiny
 from bloodcells.validation import Limits, validate
@@ -38,7 +39,7 @@ def good_folder(export, tmp_path_factory):
 
 def build(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        submission.build_main(argv)
+        build_main(argv)
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 
