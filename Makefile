@@ -144,7 +144,7 @@ BACKBONE ?=
 CACHE_DIR ?=
 fetch-weights: $(INSTALLED)
 	@test -n "$(BACKBONE)" || { echo "error: BACKBONE: missing; expected e.g. make fetch-weights BACKBONE=efficientnetb7" >&2; exit 2; }
-	$(PY) -m bloodcells.models --backbone $(BACKBONE) $(if $(CACHE_DIR),--cache-dir $(CACHE_DIR))
+	$(PY) -m bloodcells.pretrained --backbone $(BACKBONE) $(if $(CACHE_DIR),--cache-dir $(CACHE_DIR))
 
 # -- submission: zip model.py + exported weights (several WEIGHTS folders = an ensemble) and
 #    validate it in a fresh process; TTA=N sets the views, HALF=1 stores float16 weights

@@ -5,11 +5,11 @@
         (members chosen by greedy forward selection on shifted selection accuracy; never the test split)
     python build_submission.py --check submission/submission_YYMMDD_HHMMSS.zip [--python .venv-server/bin/python]
 
-The zip's path is the last line printed. Building: bloodcells/submission.py; the checks:
-bloodcells/validation.py.
+The zip's path is the last line printed. The command: bloodcells/build.py (packaging:
+bloodcells/submission.py; the checks: bloodcells/validation.py).
 """
 
-from bloodcells.submission import build_main
+from bloodcells.build import build_main
 
 if __name__ == "__main__":
     build_main()

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bloodcells import clean as C  # noqa: E402
+from bloodcells import cleaning as C  # noqa: E402
 from bloodcells import clean_report, embeddings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 OUT = REPO / "build" / "bench_second_opinion"
+
+from bloodcells.shift import decode_ops  # noqa: E402  (after the path above)
 PROFILES = ("none", "server", "second_opinion")
 
 
@@ -52,11 +54,11 @@ def per_family(predictions_csv: Path):
     with open(predictions_csv) as fh:
         for row in csv.DictReader(fh):
             ok = int(row["correct"])
-            steps = [op.split(":") for op in row["shift"].split("+") if op]
+            steps = decode_ops(row["shift"])
             for family, severity in steps:
                 families[family][0] += ok
                 families[family][1] += 1
-            worst = max(int(s) for _, s in steps) if steps else 0
+            worst = max(s for _, s in steps) if steps else 0
             severities[worst][0] += ok
             severities[worst][1] += 1
     return families, severities

@@ -10,13 +10,7 @@ Three ways to get the two models:
         (default: a small CNN trained here twice with Keras directly, without and with
         Keras-layer augmentation that shares no code with bloodcells.shift)
 
-Measured 2026-11-26 (quick mode, `--epochs 6 --widths 16,32,64,128`, 2 shared cores,
-pbc96_dev val split, 1,707 images, server profile seed 0):
-    model              clean   server   drop
-    quick_plain        94.4%   38.0%   -56.4 pt   (no augmentation)
-    quick_augmented    79.0%   60.6%   -18.4 pt   (Keras-layer augmentation, underfit)
-  Sweep of quick_plain (200 images per set): mean over corruptions 51.7 %, clean 94.5 %;
-  it collapses under solarize (8 %), grayscale (18 %), occlusion (19 %), channel_mix (21 %).
+Measured figures: bench/RESULTS.md, "Shift gap".
 
 Outputs go to build/bench_shift_gap/ (its own eval folder and leaderboard). Figures are
 printed, not asserted. Slow on a shared 2-core CPU: the quick mode trains ~2 x 8 epochs.

@@ -5,8 +5,9 @@ its own probability (strong augmentation on every image underfits a small set), 
 the probabilities can ramp up over the first epochs. CutMix and MixUp act on whole
 batches, each with its own probability. The layers are built and traced once per run,
 and one tf.data pipeline carries all the epochs of a training phase; each epoch's first
-batch re-seeds every generator from (run seed, epoch), in-graph, so an epoch's
-augmented stream is the same whether the run was interrupted or not.
+batch re-seeds every generator from (run seed, epoch, its step's name), in-graph, so an
+epoch's augmented stream is the same whether the run was interrupted or not, and adding
+an augmentation leaves the other steps' draws as they were.
 
 Independent of bloodcells.shift and bloodcells.corruptions on purpose: training on the
 exact corruptions the shifted validation uses would make that validation meaningless.
@@ -16,6 +17,7 @@ The layers Keras lacks are in bloodcells.augment_layers.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 
@@ -155,15 +157,27 @@ def ramp(options: dict, epoch: int) -> float:
 
 
 def stable_seed(*parts) -> int:
-    """A 31-bit seed from integers, stable across processes."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] >> 1)
+    """A 31-bit seed from integers and strings, stable across processes (a string
+    enters by its SHA-256: Python's hash() of a str is salted per process)."""
+    words = [int.from_bytes(hashlib.sha256(p.encode()).digest()[:4], "little") if isinstance(p, str)
+             else int(p) & 0xFFFFFFFF for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] >> 1)
+
+
+def generator_states(layer) -> list:
+    """The state variables of a layer's random generators, sublayers' included, in the
+    layer's own order: Keras's Layer.variables holds them and Layer.weights does not."""
+    weights = {id(w) for w in layer.weights}
+    return [v for v in layer.variables if id(v) not in weights]
 
 
 class Augmenter:
     """The training augmentation, built (and traced) once: `augmenter(images,
     onehot_labels)` on a float32 batch in 0-255 returns the augmented (images, labels).
-    `start_epoch(epoch)` sets the epoch's ramp and re-seeds every random generator from
-    (seed, epoch), so an epoch's draws do not depend on what ran before it."""
+    Every random layer is a named step (`steps`, then "cutmix", "mixup", "batch_mixing"
+    and "augmix_views"). `start_epoch(epoch)` sets the epoch's ramp and re-seeds each
+    generator from (seed, epoch, its step's name, its place in the step), so an epoch's
+    draws do not depend on what ran before it nor on which other steps exist."""
 
     def __init__(self, options: dict, seed: int = 0, num_classes: int = NUM_CLASSES):
         import tensorflow as tf
@@ -171,31 +185,32 @@ class Augmenter:
         self.options = resolve(options)
         self.seed, self.num_classes = int(seed), num_classes
         self.scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="augment_ramp")
-        self._seeds = iter(range(1, 1000))
-        self.steps = self._build() if self.options["enabled"] else []
-        self.cutmix, self.mixup = self._build_mixing() if self.options["enabled"] else (None, None)
-        self.views = int(self.options["augmix_views"]) if self.options["enabled"] else 0
+        enabled = self.options["enabled"]
+        self._batch_generator = None  # draws which of CutMix and MixUp a batch gets
+        self.steps = self._build() if enabled else {}
+        self.cutmix, self.mixup = self._build_mixing() if enabled else (None, None)
+        self.views = int(self.options["augmix_views"]) if enabled else 0
         self.view_layer = None
         if self.views:
             from .augment_layers import RandomAugMix
-            self.view_layer = RandomAugMix(self.options["augmix_severity"], seed=self._next_seed())
-        self._seed_states = [v for layer in [*self.steps, self.cutmix, self.mixup] if layer is not None
-                             for v in layer.variables if "seed_generator_state" in v.path]
-        if self.options["enabled"]:
-            self._seed_states.append(self._batch_generator.state)
-        # last: the images' own rows are the same with views or without
-        self._seed_states += [v for v in (self.view_layer.variables if self.view_layer else [])
-                              if "seed_generator_state" in v.path]
+            self.view_layer = RandomAugMix(self.options["augmix_severity"], seed=self._initial_seed("augmix_views"),
+                                           name="augmix_views")
+        named = {**self.steps, "cutmix": self.cutmix, "mixup": self.mixup, "augmix_views": self.view_layer}
+        self._seed_states = {f"{name}/{k}": state for name, layer in named.items() if layer is not None
+                             for k, state in enumerate(generator_states(layer))}
+        if enabled:
+            self._seed_states["batch_mixing"] = self._batch_generator.state
         self._traced = None
         self.start_epoch(0)
 
-    def _next_seed(self) -> int:
-        return stable_seed(self.seed, next(self._seeds))
+    def _initial_seed(self, name: str) -> int:
+        """A step's seed at construction (start_epoch replaces it before any draw)."""
+        return stable_seed(self.seed, name)
 
     def epoch_state(self, epoch: int):
         """The epoch's (ramp multiplier, one seed per random generator): everything the
         stream's randomness depends on besides the data order."""
-        seeds = np.array([stable_seed(self.seed, epoch, k) for k in range(len(self._seed_states))], np.int64)
+        seeds = np.array([stable_seed(self.seed, epoch, key) for key in self._seed_states], np.int64)
         return np.float32(ramp(self.options, epoch)), seeds
 
     def start_epoch(self, epoch: int) -> None:
@@ -206,7 +221,7 @@ class Augmenter:
     def _assign_epoch_state(self, scale, seeds):
         import tensorflow as tf
         self.scale.assign(scale)
-        for k, state in enumerate(self._seed_states):
+        for k, state in enumerate(self._seed_states.values()):
             state.assign(tf.stack([tf.cast(seeds[k], state.dtype), tf.constant(0, state.dtype)]))
 
     def _p(self, name):
@@ -214,7 +229,8 @@ class Augmenter:
         import tensorflow as tf
         return tf.minimum(1.0, float(self.options[name]) * self.scale)
 
-    def _build(self):
+    def _build(self) -> dict:
+        """The per-image steps in order, by name: {name: layer named so}."""
         import keras
 
         from .augment_layers import (LazyRandAugment, RandomAffine, RandomAugMix, RandomChannelMix, RandomGamma,
@@ -223,19 +239,21 @@ class Augmenter:
 
         L = keras.layers
         o = self.options
-        steps = []
+        steps = {}
 
-        def add(make_layer, name):
-            if float(o[name]) > 0:
-                steps.append(WithProbability(make_layer(), lambda: self._p(name), seed=self._next_seed()))
+        def add(name, probability, make_layer):
+            """Step `name`: make_layer(seed), applied per image with option `probability` if above 0."""
+            if float(o[probability]) > 0:
+                seed = self._initial_seed(name)
+                steps[name] = WithProbability(make_layer(seed), lambda: self._p(probability), seed=seed, name=name)
 
         if o["flip"]:
-            steps.append(L.RandomFlip("horizontal_and_vertical", seed=self._next_seed()))
+            steps["flip"] = L.RandomFlip("horizontal_and_vertical", seed=self._initial_seed("flip"), name="flip")
         if o["rot90"]:
-            steps.append(RandomRot90(seed=self._next_seed()))
+            steps["rot90"] = RandomRot90(seed=self._initial_seed("rot90"), name="rot90")
         if o["rotation"] or o["translation"] or o["zoom"]:
-            add(lambda: RandomAffine(o["rotation"], o["zoom"], o["translation"], fill_mode=o["fill_mode"],
-                                     seed=self._next_seed()), "geometry_prob")
+            add("geometry", "geometry_prob", lambda seed: RandomAffine(o["rotation"], o["zoom"], o["translation"],
+                                                                       fill_mode=o["fill_mode"], seed=seed))
         jitter = {k: o[k] for k in ("brightness", "contrast", "saturation", "hue") if o[k]}
         if jitter:
             args = {}
@@ -248,28 +266,30 @@ class Augmenter:
                 args["saturation_factor"] = (0.5 - o["saturation"] / 2, 0.5 + o["saturation"] / 2)
             if "hue" in jitter:
                 args["hue_factor"] = o["hue"]
-            add(lambda: L.RandomColorJitter(value_range=(0, 255), seed=self._next_seed(), **args), "color_prob")
+            add("color", "color_prob", lambda seed: L.RandomColorJitter(value_range=(0, 255), seed=seed, **args))
         if o["stain"]:
-            add(lambda: RandomStain(o["stain"], seed=self._next_seed()), "stain_prob")
+            add("stain", "stain_prob", lambda seed: RandomStain(o["stain"], seed=seed))
         if o["gamma"]:
-            add(lambda: RandomGamma(o["gamma"], seed=self._next_seed()), "gamma_prob")
-        add(lambda: RandomSmoothField(o["field_amplitude"], seed=self._next_seed()), "field_prob")
-        add(lambda: RandomOverlay(o["overlay_opacity"], seed=self._next_seed()), "overlay_prob")
-        add(lambda: L.RandomGrayscale(factor=1.0, seed=self._next_seed()), "grayscale_prob")
-        add(lambda: RandomChannelMix(o["channel_mix"], seed=self._next_seed()), "channel_mix_prob")
-        add(lambda: LazyRandAugment(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
-                                    seed=self._next_seed()), "randaugment_prob")
-        add(lambda: RandomAugMix(o["augmix_severity"], seed=self._next_seed()), "augmix_prob")
-        add(lambda: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=int(o["blur_kernel"]),
-                                         sigma=(0.3, float(o["blur_sigma"])),
-                                         value_range=(0, 255), seed=self._next_seed()), "blur_prob")
-        add(lambda: RandomGaussianNoise(o["noise_std"], seed=self._next_seed()), "noise_prob")
-        add(lambda: RandomSolarize(tuple(o["solarize_threshold"]), seed=self._next_seed()), "solarize_prob")
-        add(lambda: RandomJpeg(tuple(o["jpeg_quality"]), seed=self._next_seed()), "jpeg_prob")
-        add(lambda: RandomResolution(o["resolution_min_scale"], seed=self._next_seed()), "resolution_prob")
-        for _ in range(int(o["erasing_patches"])):
-            add(lambda: L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
-                                        seed=self._next_seed()), "erasing_prob")
+            add("gamma", "gamma_prob", lambda seed: RandomGamma(o["gamma"], seed=seed))
+        add("field", "field_prob", lambda seed: RandomSmoothField(o["field_amplitude"], seed=seed))
+        add("overlay", "overlay_prob", lambda seed: RandomOverlay(o["overlay_opacity"], seed=seed))
+        add("grayscale", "grayscale_prob", lambda seed: L.RandomGrayscale(factor=1.0, seed=seed))
+        add("channel_mix", "channel_mix_prob", lambda seed: RandomChannelMix(o["channel_mix"], seed=seed))
+        add("randaugment", "randaugment_prob",
+            lambda seed: LazyRandAugment(num_ops=int(o["randaugment_num_ops"]), factor=float(o["randaugment_factor"]),
+                                         seed=seed))
+        add("augmix", "augmix_prob", lambda seed: RandomAugMix(o["augmix_severity"], seed=seed))
+        add("blur", "blur_prob", lambda seed: L.RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=int(o["blur_kernel"]),
+                                                                   sigma=(0.3, float(o["blur_sigma"])),
+                                                                   value_range=(0, 255), seed=seed))
+        add("noise", "noise_prob", lambda seed: RandomGaussianNoise(o["noise_std"], seed=seed))
+        add("solarize", "solarize_prob", lambda seed: RandomSolarize(tuple(o["solarize_threshold"]), seed=seed))
+        add("jpeg", "jpeg_prob", lambda seed: RandomJpeg(tuple(o["jpeg_quality"]), seed=seed))
+        add("resolution", "resolution_prob", lambda seed: RandomResolution(o["resolution_min_scale"], seed=seed))
+        for patch in range(int(o["erasing_patches"])):  # "erasing", "erasing_2", ...: a patch added keeps the others'
+            add("erasing" if patch == 0 else f"erasing_{patch + 1}", "erasing_prob",
+                lambda seed: L.RandomErasing(factor=(1.0, 1.0), scale=tuple(o["erasing_scale"]), value_range=(0, 255),
+                                             seed=seed))
         return steps
 
     def _build_mixing(self):
@@ -278,15 +298,16 @@ class Augmenter:
         o = self.options
         cutmix = mixup = None
         if o["cutmix_prob"] > 0:
-            cutmix = keras.layers.CutMix(factor=float(o["cutmix_alpha"]), seed=self._next_seed())
+            cutmix = keras.layers.CutMix(factor=float(o["cutmix_alpha"]), seed=self._initial_seed("cutmix"),
+                                         name="cutmix")
         if o["mixup_prob"] > 0:
-            mixup = keras.layers.MixUp(alpha=float(o["mixup_alpha"]), seed=self._next_seed())
-        self._batch_generator = keras.random.SeedGenerator(self._next_seed())
+            mixup = keras.layers.MixUp(alpha=float(o["mixup_alpha"]), seed=self._initial_seed("mixup"), name="mixup")
+        self._batch_generator = keras.random.SeedGenerator(self._initial_seed("batch_mixing"), name="batch_mixing")
         return cutmix, mixup
 
     def images_only(self, images):
         """Per-image augmentations (no batch mixing), float32 0-255 in and out."""
-        for step in self.steps:
+        for step in self.steps.values():
             images = step(images, training=True)
         return self._clip(images)
 

@@ -1,8 +1,9 @@
 """The augmentation layers Keras does not have, and the wrappers the training stream needs.
 
 Each random layer owns one `keras.random.SeedGenerator` (`SeededLayer`): the Augmenter
-(bloodcells.augment) finds every generator's state and re-seeds it at each epoch, so an
-epoch's draws depend only on (run seed, epoch). Images are float32 in 0-255, batched.
+(bloodcells.augment) finds every generator's state (`generator_states`) and re-seeds it
+at each epoch, so an epoch's draws depend only on (run seed, epoch, the step's name).
+Images are float32 in 0-255, batched.
 """
 
 from __future__ import annotations

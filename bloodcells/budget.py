@@ -8,7 +8,8 @@ views so that
     (fixed costs + test images x sum over members of views x seconds per image-view) / speedup
         <= time limit x (1 - margin)
 
-Fixed costs: import, `Model()` and the first call (tracing), per member. Views are reduced
+(`server_seconds`, the one projection: validation and --select use it too). Fixed costs:
+import, `Model()` and the first call's tracing (`measured_costs`), per member. Views are reduced
 first (one number for every member); only when one view per member does not fit are
 members dropped, the slowest first. The plan is printed and written into every member's
 JSON ("tta" views and a "budget" record) and the manifest. Cost per view is linear:
@@ -78,9 +79,27 @@ class Plan:
         return "\n".join(lines)
 
 
+def measured_costs(import_s: float, load_s: float, first_s: float, first_images: int, pass_s: float,
+                   pass_images: int) -> tuple[float, float]:
+    """(fixed seconds, seconds per image) from one timed run of model.py: per image from a
+    call after the first; fixed = import + Model() + what the first call (`first_images`
+    images) took beyond that rate, i.e. its tracing. Validation, --fit-budget and --select
+    all convert their timings with it."""
+    per_image = pass_s / max(pass_images, 1)
+    return import_s + load_s + max(0.0, first_s - per_image * first_images), per_image
+
+
+def server_seconds(fixed_s: float, seconds_per_image: float, test_images: int, speedup: float) -> float:
+    """The one projection of the time the server needs (validation's time check,
+    --fit-budget, --select): fixed costs plus `test_images` images at `seconds_per_image`
+    (everything shipped: all members, all views), on a server `speedup` times faster."""
+    return (fixed_s + seconds_per_image * test_images) / speedup
+
+
 def projected_seconds(members, views: int, test_images: int, speedup: float) -> float:
-    fixed = sum(m.fixed_s for m in members)
-    return (fixed + test_images * views * sum(m.seconds_per_view for m in members)) / speedup
+    """server_seconds of `members` (Rate), each with `views` TTA views."""
+    return server_seconds(sum(m.fixed_s for m in members), views * sum(m.seconds_per_view for m in members),
+                          test_images, speedup)
 
 
 def plan_budget(rates: list, max_views: int, time_limit_s: float, test_images: int, speedup: float = 1.0,
@@ -132,7 +151,7 @@ def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int
     from bloodcells.cli import Progress
     from bloodcells.models import read_export
     from bloodcells.submission import stage
-    from bloodcells.validation import probe_images
+    from bloodcells.shipped import probe_images
 
     probe = probe_images(images, seed=7)
     progress = Progress(len(weights_dirs), "measuring each member's speed (one view)")
@@ -150,10 +169,9 @@ def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int
                 last = sandbox.last_line(run.status.get("traceback") or run.log) or "no output"
                 raise UserError(f"--fit-budget: {src}: the model did not run: {last}")
             result = run.status
-            one_pass = statistics.median(result["pass_s"])
-            fixed = result["import_s"] + result["load_s"] + max(0.0, result["first_s"] - one_pass)
-            rates.append(Rate(str(read_export(src)[0].get("name") or Path(src).name), Path(src), one_pass / images,
-                              fixed))
+            fixed, per_view = measured_costs(result["import_s"], result["load_s"], result["first_s"], images,
+                                             statistics.median(result["pass_s"]), images)
+            rates.append(Rate(str(read_export(src)[0].get("name") or Path(src).name), Path(src), per_view, fixed))
             progress.update()
     return rates
 

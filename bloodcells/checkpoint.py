@@ -1,11 +1,17 @@
-"""A training run's checkpoint: every model variable (random-generator states
-included), the optimiser's variables and the loop's `RunState`, in one npz written
-atomically; `--resume` reads it back and refuses a run it cannot continue exactly."""
+"""A training run's loop state and checkpoint.
+
+`RunState` is where the run is and what its stopping rule remembers; `end_epoch` is that
+rule (best epoch, early stopping, the plateau rule, the end of a phase) as a pure
+function, so it is tested without a network. The checkpoint holds every model variable
+(random-generator states included), the optimiser's variables and the `RunState`, in
+one npz written atomically; `--resume` reads it back and refuses a run it cannot
+continue exactly."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +36,56 @@ class RunState:
     lr_scale: float = 1.0           # product of the plateau rule's factors in this phase
     done: bool = False
     spec_format: str | None = None  # the network format the run started with (None: before format /2)
+
+
+@dataclass(frozen=True)
+class EpochDecisions:
+    """What `end_epoch` decided; the Trainer acts on it (files, log, weights)."""
+    new_best: bool = False                  # this epoch is the run's best: save its weights
+    reduced_lr_scale: float | None = None   # the plateau rule lowered the rate to this scale
+    early_stop_after: int | None = None     # early stopping ended the phase after this many flat epochs
+    phase_over: bool = False                # the next phase (or the end) starts from the best weights
+
+
+def validates(state: RunState, eval_every: int, phase_epochs: int) -> bool:
+    """Whether the epoch about to end is validated: every `eval_every`-th of its phase,
+    and always the phase's last."""
+    done_in_phase = state.epoch_in_phase + 1
+    return done_in_phase % max(eval_every, 1) == 0 or done_in_phase >= phase_epochs
+
+
+def end_epoch(state: RunState, row: dict, train, phase_epochs: list) -> tuple[RunState, EpochDecisions]:
+    """The stopping rule at the end of an epoch: the state after it (`row` appended to
+    the history) and what to do. `row[train.monitor]` is the epoch's score (NaN: not
+    validated, so neither best nor counted by patience); `train` holds monitor,
+    early_stopping_patience, plateau_patience and plateau_factor (0 patience = off);
+    `phase_epochs` is each phase's epoch count. `state` is left unchanged."""
+    new = dataclasses.replace(state, history=[*state.history, row])
+    score = row[train.monitor]
+    new_best = False
+    if not math.isnan(score):
+        if new.best is None or score > new.best:
+            new.best, new.best_epoch, new_best = score, row["epoch"], True
+        if new.phase_best is None or score > new.phase_best:
+            new.phase_best, new.wait, new.plateau_wait = score, 0, 0
+        else:
+            new.wait += 1
+            new.plateau_wait += 1
+    reduced_lr_scale = None
+    if train.plateau_patience and new.plateau_wait >= train.plateau_patience:
+        new.lr_scale *= train.plateau_factor
+        new.plateau_wait, reduced_lr_scale = 0, new.lr_scale
+    new.epoch += 1
+    new.epoch_in_phase += 1
+    early_stop_after = None
+    if train.early_stopping_patience and new.wait >= train.early_stopping_patience:
+        early_stop_after = new.wait
+    phase_over = early_stop_after is not None or new.epoch_in_phase >= phase_epochs[new.phase_index]
+    if phase_over:  # the next phase starts afresh (its own best, patience and rate)
+        new.phase_index += 1
+        new.epoch_in_phase, new.phase_best, new.wait, new.plateau_wait, new.lr_scale = 0, None, 0, 0, 1.0
+        new.done = new.phase_index >= len(phase_epochs)
+    return new, EpochDecisions(new_best, reduced_lr_scale, early_stop_after, phase_over)
 
 
 def _variables_to_arrays(prefix: str, variables) -> dict:

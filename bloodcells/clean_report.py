@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASS_NAMES, NUM_CLASSES
-from .clean import (DUPLICATE, FABRICATED, LABEL_CONFLICT, NEAR_CONFLICT, NEAR_DUPLICATE, OUTLIER, REASONS,
+from .cleaning import (DUPLICATE, FABRICATED, LABEL_CONFLICT, NEAR_CONFLICT, NEAR_DUPLICATE, OUTLIER, REASONS,
                     CleanResult)
 from .files import write_json_atomic, write_text_atomic
 

@@ -15,10 +15,10 @@ import numpy as np
 
 from . import shift, stats
 from .cli import UserError
+from .files import sha256_file
 
 # The profile whose verdict decides; the first evaluated profile when it is missing.
 DECISION_PROFILE = "server"
-LABELS = {"none": "clean", "server": "server-like"}
 
 
 def load_evaluation(folder) -> dict:
@@ -56,8 +56,7 @@ def _read_predictions(path) -> dict:
 
 
 def _image_key(metrics: dict, seed) -> str | None:
-    name = metrics["profile"] if seed is None else f"{metrics['profile']}_seed{seed}"
-    return (metrics.get("sets") or {}).get(name, {}).get("images_sha256")
+    return (metrics.get("sets") or {}).get(shift.set_name(metrics["profile"], seed), {}).get("images_sha256")
 
 
 def compare(folder_a, folder_b, name_a: str, name_b: str) -> dict:
@@ -97,7 +96,8 @@ def compare(folder_a, folder_b, name_a: str, name_b: str) -> dict:
                 raise UserError(f"{name_a if key_a is None else name_b}: {where}: no record of the images it met; "
                                 f"expected an evaluation by this version of local_eval.py (re-evaluate it)")
             if key_a != key_b:
-                codes = ma["sets"][_name(profile, seed)].get("shift_code"), mb["sets"][_name(profile, seed)].get("shift_code")
+                name = shift.set_name(profile, seed)
+                codes = ma["sets"][name].get("shift_code"), mb["sets"][name].get("shift_code")
                 raise UserError(f"{name_b}: {where}: met other images than {name_a} (shift code {codes[1]} vs "
                                 f"{codes[0]}); expected both evaluated on the same cached shift (the same "
                                 f"shift.py and cache, no --refresh-shift in between)")
@@ -109,8 +109,7 @@ def compare(folder_a, folder_b, name_a: str, name_b: str) -> dict:
             correct_b.append(pred_b == labels_b)
             tests.append({"seed": seed, **stats.mcnemar_exact(correct_a[-1], correct_b[-1])})
         difference = stats.paired_difference(np.array(correct_a), np.array(correct_b))
-        label = LABELS.get(profile, profile) + ("" if seeds == [None] else
-                                                f" (shift seeds {', '.join(map(str, seeds))})")
+        label = shift.label(profile) + ("" if seeds == [None] else f" (shift seeds {', '.join(map(str, seeds))})")
         out[profile] = {"seeds": seeds, "difference": difference, "mcnemar": tests,
                         "accuracy_a": float(np.mean(correct_a)), "accuracy_b": float(np.mean(correct_b)),
                         "n": len(correct_a[0]), "label": label,
@@ -136,8 +135,54 @@ def compare_rows(row_a: dict, row_b: dict) -> dict:
     return compare(row_a["eval_dir"], row_b["eval_dir"], row_a.get("zip", "A"), row_b.get("zip", "B"))
 
 
-def _name(profile, seed):
-    return profile if seed is None else f"{profile}_seed{seed}"
+def against_best_line(best: dict, row: dict) -> str:
+    """The verdict of a newly evaluated row against the leaderboard's best other zip, or
+    why they cannot be compared."""
+    try:
+        result = compare_rows(best, row)
+    except UserError as exc:
+        return f"against the best so far ({best.get('zip')}): not compared: {exc}"
+    return f"against the best so far: {result['verdict'][1]}"
+
+
+def leaderboard_cell(best: dict, row: dict) -> str:
+    """The leaderboard table's `vs #1` cell: B - A on the deciding profile against the
+    best zip, when both evaluation folders are still there and met the same images."""
+    if not (best.get("eval_dir") and row.get("eval_dir")):
+        return ""
+    try:
+        result = compare_rows(best, row)
+    except UserError:
+        return "not comparable"
+    r = result["profiles"][result["decision"]]
+    (low, high), d = r["difference"]["ci"], r["difference"]["difference"]
+    word = {"better": "better", "worse": "worse", "tie": "same?"}[r["verdict"][0]]
+    return f"{100 * d:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] {word}"
+
+
+def compare_given(given_a: str, given_b: str, eval_dir) -> str:
+    """--compare A B: each a zip (its evaluation folder under eval_dir, which must hold
+    this zip's evaluation) or an evaluation folder; the comparison as text."""
+    folders, names = [], []
+    for given in (given_a, given_b):
+        path = Path(given)
+        folder = path if path.is_dir() else Path(eval_dir) / path.stem
+        if path.is_file():
+            _check_same_zip(path, folder)
+        folders.append(folder)
+        names.append(path.name)
+    result = compare(folders[0], folders[1], names[0], names[1])
+    return format_comparison(result, names[0], names[1])
+
+
+def _check_same_zip(path: Path, folder: Path) -> None:
+    sha = sha256_file(path)
+    for metrics in folder.glob("*/metrics.json"):
+        recorded = json.loads(metrics.read_text()).get("zip_sha256")
+        if recorded and recorded != sha:
+            raise UserError(f"{path}: zip: {folder} holds the evaluation of another zip of that name "
+                            f"(sha256 {recorded[:12]}, this one {sha[:12]}); expected `python local_eval.py "
+                            f"{path} --data TEST` first")
 
 
 def _draw(test) -> str:
@@ -161,4 +206,5 @@ def format_comparison(result: dict, name_a: str, name_b: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DECISION_PROFILE", "load_evaluation", "compare", "compare_rows", "format_comparison"]
+__all__ = ["DECISION_PROFILE", "load_evaluation", "compare", "compare_rows", "compare_given", "against_best_line",
+           "leaderboard_cell", "format_comparison"]

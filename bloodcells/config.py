@@ -27,6 +27,7 @@ from pathlib import Path
 from . import NUM_CLASSES
 from . import augment as augment_mod
 from .cli import UserError
+from .shipped import MODEL_PY
 
 CHOICES = {
     ("data", "imbalance"): ("none", "class_weights", "downsample", "upsample"),
@@ -41,7 +42,6 @@ CHOICES = {
 INLINE_TABLES = {("model", "backbone_options"), ("model", "head"), ("model", "tta")}
 SEED_RANGE = "[0, 4294967295]"  # numpy's and Keras's seeds are 32-bit
 
-MODEL_PY = Path(__file__).resolve().parents[1] / "model.py"
 
 
 @functools.cache

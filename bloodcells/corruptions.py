@@ -1,4 +1,4 @@
-"""Our corruption families: what each does to one image at severities 1-5.
+"""Our corruption families: what each does to one image at each severity (SEVERITIES, 1-5).
 
 Each family is an operation (uint8 HxWx3, severity, rng) -> uint8 HxWx3 with its own
 severity table (1 barely visible, 5 strong but the cell still recognisable). Which
@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+# The severities of every corruption family, ours and the second opinion's: the one place
+# they are written (plans draw from them, tables and grids have a column per severity).
 SEVERITIES = (1, 2, 3, 4, 5)
 
 # Family -> group, for readers who want the issue's coarse grouping.
@@ -81,6 +83,16 @@ def image_rng(seed: int, i: int, *names) -> np.random.Generator:
     return np.random.default_rng(words)
 
 
+def random_severity(rng: np.random.Generator) -> int:
+    """A severity drawn uniformly from SEVERITIES (one integer draw from rng)."""
+    return int(rng.integers(SEVERITIES[0], SEVERITIES[-1] + 1))
+
+
+def check_severity(severity) -> None:
+    if int(severity) not in SEVERITIES:
+        raise ValueError(f"severity must be {SEVERITIES[0]}-{SEVERITIES[-1]}, got {severity}")
+
+
 def check_images(images) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -91,8 +103,7 @@ def check_images(images) -> np.ndarray:
 def _check_family(family: str, severity: int) -> None:
     if family not in OPERATIONS:
         raise ValueError(f"unknown corruption family '{family}'; expected one of {FAMILIES}")
-    if int(severity) not in SEVERITIES:
-        raise ValueError(f"severity must be 1-5, got {severity}")
+    check_severity(severity)
 
 
 # -- the families' operations: (uint8 HxWx3, severity, rng) -> uint8 HxWx3 ----------------------------------

@@ -1,4 +1,4 @@
-"""What the cleaning compares images by (bloodcells.clean): unit-norm embeddings for
+"""What the cleaning compares images by (bloodcells.cleaning): unit-norm embeddings for
 near-duplicates, and the few features the outlier forest sees.
 
   * `descriptor_embeddings`: a fixed descriptor needing no weights, a blurred colour

@@ -2,7 +2,8 @@
 Niculescu-Mizil, Crew & Ksikes, "Ensemble selection from libraries of models", ICML 2004).
 
 Each candidate (an exported model folder) predicts the shifted selection images once,
-as it would ship (its TTA, through model.py); then, starting from an empty ensemble, each
+as it would ship (its TTA, through model.py, in the sandbox with --python's interpreter,
+timed as validation and --fit-budget time a zip); then, starting from an empty ensemble, each
 step adds the candidate - possibly one already in - whose addition gives the highest
 accuracy of the averaged probabilities, and selection stops when no addition improves
 it or every improving one would break the time or size limit the validator checks
@@ -16,15 +17,13 @@ refused. Used by `build_submission.py --select DIR... --selection-data FILE`.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import sandbox
+from .budget import measured_costs, server_seconds
 from .cli import UserError
 
 
@@ -35,8 +34,8 @@ class Candidate:
     name: str
     probabilities: np.ndarray  # (n, classes) on the shifted selection images
     size_mb: float  # weights as shipped
-    seconds_per_image: float  # predict time here, per image
-    load_seconds: float = 0.0  # Model() time here
+    seconds_per_image: float  # predict time here, per image (budget.measured_costs)
+    fixed_seconds: float = 0.0  # import, Model() and the first call's tracing here
 
 
 @dataclass
@@ -51,10 +50,11 @@ def accuracy_of(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def costs(members, candidates: dict, limits, base_mb: float = 0.0) -> tuple[float, float]:
-    """(zip size MB, extrapolated server seconds) of an ensemble, as the validator counts them."""
+    """(zip size MB, projected server seconds: budget.server_seconds) of an ensemble."""
     size = base_mb + sum(candidates[m].size_mb for m in members)
-    here = sum(candidates[m].load_seconds + candidates[m].seconds_per_image * limits.test_images for m in members)
-    return size, here / limits.speedup
+    seconds = server_seconds(sum(candidates[m].fixed_seconds for m in members),
+                             sum(candidates[m].seconds_per_image for m in members), limits.test_images, limits.speedup)
+    return size, seconds
 
 
 def greedy_select(candidates: dict, labels, limits, base_mb: float = 0.0, max_members: int = 16) -> Selection:
@@ -126,9 +126,30 @@ def load_selection_set(path, split, profile: str, seed: int):
     return images, data.labels, f"{data.source}, {profile} profile seed {seed}"
 
 
-def measure(weights_dirs, images, labels, stage_kwargs: dict, half: bool = False) -> dict:
+# Run in the sandbox (bloodcells.sandbox), as validation and --fit-budget time a zip: the
+# probabilities of the selection images, and the timings budget.measured_costs converts.
+JOB = r'''
+import numpy as np
+images = load_input("images")
+t = time.perf_counter()
+from model import Model
+status["import_s"] = time.perf_counter() - t
+status["stage"] = "Model()"
+t = time.perf_counter(); M = Model(); status["load_s"] = time.perf_counter() - t
+status["first_images"] = min(len(images), int(PARAMS["first_images"]))
+status["stage"] = "first call"
+t = time.perf_counter(); M.predict_proba(images[:status["first_images"]]); status["first_s"] = time.perf_counter() - t
+status["stage"] = "predict_proba"
+t = time.perf_counter(); probabilities = M.predict_proba(images); status["selection_s"] = time.perf_counter() - t
+save_array("probabilities", np.asarray(probabilities, dtype=np.float32))
+'''
+
+
+def measure(weights_dirs, images, labels, stage_kwargs: dict, half: bool = False, python: str | None = None,
+            timeout_s: float = 1800.0) -> dict:
     """{name: Candidate}: each export staged alone (as it would ship) and run through
-    model.py on the shifted selection images, timed."""
+    model.py on the shifted selection images in the sandbox with interpreter `python`, timed."""
+    from .budget import MEASURE_IMAGES
     from .submission import stage
 
     candidates = {}
@@ -139,33 +160,21 @@ def measure(weights_dirs, images, labels, stage_kwargs: dict, half: bool = False
             member = manifest["models"][0]["name"]
             name = member if member not in candidates else f"{member}@{k}"
             size_mb = sum(p.stat().st_size for p in folder.glob("*.weights.h5")) / 1e6
-            module = _import_model_py(folder, f"_bloodcells_select_{k}")
-            try:
-                started = time.perf_counter()
-                model = module.Model()
-                load_s = time.perf_counter() - started
-                model.predict_proba(images[:8])  # trace once, as the validator's first call does
-                started = time.perf_counter()
-                probabilities = model.predict_proba(images)
-                per_image = (time.perf_counter() - started) / max(len(images), 1)
-            except Exception as exc:  # a broken export: name it, do not bury it in a traceback
-                raise UserError(f"{src}: --select: the export does not run through model.py "
-                                f"({' '.join(str(exc).split())[:160]}); expected a working export") from None
-            finally:
-                sys.modules.pop(module.__name__, None)
-            del model
-            candidates[name] = Candidate(name, probabilities.astype(np.float64), size_mb, per_image, load_s)
-            print(f"candidate {name} ({src}): {100 * accuracy_of(probabilities, labels):.2f} % shifted "
-                  f"selection accuracy, {size_mb:.1f} MB, {1000 * per_image:.1f} ms/image here", flush=True)
+            run = sandbox.run(folder, JOB, {"images": images}, python=python, time_limit=timeout_s,
+                              params={"first_images": MEASURE_IMAGES})
+        if run.start_error or run.timed_out or "probabilities" not in run.arrays:
+            # a broken export: name it, do not bury it in a traceback
+            reason = run.start_error or (f"timed out after {timeout_s:g} s" if run.timed_out else run.error())
+            raise UserError(f"{src}: --select: the export does not run through model.py "
+                            f"({' '.join(reason.split())[:160]}); expected a working export")
+        status, probabilities = run.status, run.arrays["probabilities"]
+        fixed, per_image = measured_costs(status["import_s"], status["load_s"], status["first_s"],
+                                          status["first_images"], status["selection_s"], len(images))
+        candidates[name] = Candidate(name, probabilities.astype(np.float64), size_mb, per_image, fixed)
+        print(f"candidate {name} ({src}): {100 * accuracy_of(probabilities, labels):.2f} % shifted "
+              f"selection accuracy, {size_mb:.1f} MB, {1000 * per_image:.1f} ms/image here, fixed {fixed:.1f} s",
+              flush=True)
     return candidates
-
-
-def _import_model_py(folder: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, folder / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def select_for_build(args, limits) -> list[Path]:
@@ -184,7 +193,8 @@ def select_for_build(args, limits) -> list[Path]:
                                               args.selection_profile, args.selection_seed)
     print(f"selection set: {len(labels)} images from {what}")
     stage_kwargs = {"tta": args.tta, "tta_mode": args.tta_mode, "tta_merge": args.tta_merge}
-    candidates = measure(args.select, images, labels, stage_kwargs, half=args.half)
+    candidates = measure(args.select, images, labels, stage_kwargs, half=args.half, python=args.python,
+                         timeout_s=limits.timeout_s)
     by_name = dict(zip(candidates, args.select))
     selection = greedy_select(candidates, labels, limits, base_mb=MODEL_PY.stat().st_size / 1e6)
     print("greedy forward selection with replacement (Caruana et al. 2004) on shifted selection accuracy:")

@@ -1,14 +1,13 @@
 """What a local evaluation leaves for people to read: `report.html` over every profile's
-metrics.json for a zip, and the zip's row for the local leaderboard (bloodcells.leaderboard).
-bloodcells.evaluate produces the metrics; `local_eval.py` calls both."""
+metrics.json for a zip (bloodcells.evaluate writes the metrics and calls it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import leaderboard as board
 from . import report, shift
 from .report import percent
+
 
 def worst_families_text(m: dict) -> str:
     """The sweep's worst families as text, '<family> <accuracy> %, ...'."""
@@ -103,44 +102,3 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def leaderboard_row(common, results: dict, run_seconds: float) -> dict:
-    """The zip's leaderboard row: per evaluated profile its scores with 95 % intervals
-    (columns named generically: acc_<profile>, acc_<profile>_lo, ...), the spread over
-    shift seeds, the sweep's worst families, the server-like family table. A failed profile
-    writes no score columns (an earlier score of it stays), only `failed_<profile>`."""
-    meta = common["meta"]
-    failed = [f"{p} {m['status']}" for p, m in results.items() if m["status"] != "ok"]
-    any_ok = any(m["status"] == "ok" for m in results.values())
-    # a run where everything failed leaves the time of the scores it keeps
-    row = {"time": meta["time"] if any_ok else None, "zip": meta["zip"], "zip_sha256": meta["zip_sha256"],
-           "status": "failed: " + ", ".join(failed) if failed else "ok", "data": meta["data"],
-           "data_sha256": meta["data_sha256"][:16], "seed": " ".join(map(str, meta["seeds"])),
-           "shift_code": meta["shift_code"], "eval_dir": str(common["eval_dir"]), "run_seconds": round(run_seconds, 1)}
-    for profile, m in results.items():
-        if m.get("init_seconds") is not None:
-            row["init_seconds"] = round(m["init_seconds"], 2)
-        if m["status"] != "ok":
-            row[f"{board.FAILED_PREFIX}{profile}"] = f"{m['status']} at {meta['time']}"
-            continue
-        row[f"{board.FAILED_PREFIX}{profile}"] = ""
-        for short, key in board.SCORE_KEYS.items():
-            if key not in m:
-                continue
-            row[f"{short}_{profile}"] = m.get(key)
-            ci = m.get(f"{key}_ci")
-            row[f"{short}_{profile}_lo"], row[f"{short}_{profile}_hi"] = ci if ci else ("", "")
-        row[f"n_{profile}"] = m.get("n")
-        if m.get("seeds"):
-            row[f"seeds_{profile}"] = " ".join(map(str, m["seeds"]))
-            spread = m.get("accuracy_spread") or {}
-            row[f"acc_{profile}_min"], row[f"acc_{profile}_max"] = spread.get("min", ""), spread.get("max", "")
-        if profile != "sweep":
-            row[f"predict_seconds_{profile}"] = m.get("predict_seconds")
-    if "sweep" in results and results["sweep"]["status"] == "ok":
-        row["sweep_worst"] = "; ".join(f"{f} {100 * a:.1f}" for f, a in results["sweep"]["worst_families"])
-    if "server" in results and results["server"]["status"] == "ok":
-        for family, cells in results["server"].get("families", {}).items():
-            row[f"{board.FAMILY_PREFIX}{family}"] = cells["all"][0]
-    return row

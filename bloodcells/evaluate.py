@@ -1,32 +1,42 @@
-"""Local evaluation, as the competition server does it: a held-out set, shifted copies
-cached so every submission meets the same images, the zip run through ingestion,
-its predictions scored, figures and an HTML report, and a leaderboard row.
-`local_eval.py` is the command line over this module; the HTML report and the
-leaderboard row are bloodcells.eval_report's."""
+"""Local evaluation of a submission zip, as the competition server does it: a held-out
+set, shifted copies cached so every submission meets the same images, the zip run
+through ingestion, its predictions scored, figures, the HTML report and the zip's
+leaderboard row.
+
+`evaluate_zip(EvalSettings(zip_path=..., data=...))` is the whole run, callable without
+a command line; `local_eval.py` parses its options into an EvalSettings and prints the
+outcome. The report's layout is bloodcells.eval_report's, the leaderboard row's
+bloodcells.leaderboard's."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import corruptions, report, sandbox, shift, stats
-from .data import fingerprint
-from .eval_report import worst_families_text
+from . import leaderboard as board
+from .cli import UserError, check_output_file, check_output_folder
+from .corruptions import FAMILIES, SEVERITIES
+from .data import Dataset, fingerprint, load_dataset
+from .eval_report import worst_families_text, write_report
 from .files import save_npz_atomic, sha256_file, write_json_atomic, write_text_atomic
-from .ingestion import run_submission, time_limit_text
+from .ingestion import DEFAULT_TIME_LIMIT, check_zip, run_submission, time_limit_text
+from .shipped import REPO_ROOT
 from .scoring import family_severity_accuracy, score, write_scores
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT  # outputs default to the repository's submission/ and build/
 EVAL_DIR = REPO / "submission" / "eval"
 LEADERBOARD = REPO / "submission" / "leaderboard.csv"
 CACHE_DIR = REPO / "build" / "shift_cache"
-# The profiles local evaluation runs by default, in the order reports and the leaderboard show them.
-# `second_opinion` is shift code nobody on the team wrote (albumentations): a check on `server`.
-DEFAULT_PROFILES = ("none", "server", "second_opinion")
+# The profiles local evaluation runs by default, in the registry's order (reports and the leaderboard's).
+DEFAULT_PROFILES = tuple(name for name, p in shift.REGISTRY.items() if p.evaluated_by_default)
 # Shift seeds of the evaluation: several draws of the shift, none of them the seed training
 # selects epochs with (configs' [shift] seed = 0).
 EVAL_SEEDS = (1, 2, 3)
@@ -37,10 +47,114 @@ CROSS_CHECKS = (("server", "second_opinion"),)
 INTERVAL_KEYS = ("accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1",
                  "macro_f1_ci", "n")
 SWEEP_IMAGES = 240
+MIN_SWEEP_IMAGES = 8
 # Files one profile's evaluation writes; removed first so nothing stale survives a failure.
 PROFILE_FILES = ("scores.json", "metrics.json", "predictions.csv", "ingestion.log", "confusion.png",
                  "wrong.png", "confidence.png", "families.png", "sweep.csv", "failed_attempt.json",
                  "failed_attempt.log")
+
+
+# -- settings and the whole run ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything one evaluation of a zip depends on. Checked when made: a bad value is a
+    one-line UserError naming the field as local_eval.py's option spells it."""
+
+    zip_path: Path
+    data: str  # a labelled test set in any format bloodcells.data reads
+    split: str | None = None  # its MedMNIST split; None: the held-out one (test, else val)
+    profiles: tuple[str, ...] = DEFAULT_PROFILES  # run in this order, duplicates dropped
+    seeds: tuple[int, ...] = EVAL_SEEDS  # one draw of each shifted profile per seed
+    time_limit: float = DEFAULT_TIME_LIMIT  # seconds for Model() + predict, per image set
+    sweep_images: int = SWEEP_IMAGES
+    python: str = sys.executable  # the interpreter the submission runs under
+    eval_dir: Path = EVAL_DIR
+    leaderboard_file: Path = LEADERBOARD
+    cache_dir: Path = CACHE_DIR
+    refresh_shift: bool = False  # rebuild cached shifted sets
+
+    def __post_init__(self):
+        # frozen: normalised through object.__setattr__, once, here
+        for name, value in (("zip_path", Path(self.zip_path)), ("data", str(self.data)),
+                            ("profiles", tuple(dict.fromkeys(self.profiles))),
+                            ("seeds", tuple(dict.fromkeys(int(s) for s in self.seeds))),
+                            ("eval_dir", Path(self.eval_dir)), ("leaderboard_file", Path(self.leaderboard_file)),
+                            ("cache_dir", Path(self.cache_dir))):
+            object.__setattr__(self, name, value)
+        bad = [p for p in self.profiles if p not in shift.PROFILES]
+        if bad:
+            raise UserError(f"--profile: unknown '{bad[0]}'; expected some of {', '.join(shift.PROFILES)}")
+        if not self.profiles:
+            raise UserError(f"--profile: none given; expected some of {', '.join(shift.PROFILES)}")
+        if not self.time_limit > 0:
+            raise UserError(f"--time-limit: {self.time_limit:g}; expected a positive number of seconds")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise UserError(f"--seeds: {' '.join(map(str, self.seeds))}; expected non-negative integers")
+        if self.sweep_images < MIN_SWEEP_IMAGES:
+            raise UserError(f"--sweep-images: {self.sweep_images}; expected at least {MIN_SWEEP_IMAGES}")
+
+
+@dataclass
+class EvalRun:
+    """What every profile of one evaluation shares."""
+
+    settings: EvalSettings
+    data: Dataset
+    folder: Path  # <eval_dir>/<zip name>: a sub-folder per profile, report.html
+    data_sha: str
+    meta: dict  # heads every profile's metrics.json (and makes the leaderboard row's key)
+    clean_accuracy: float | None = None  # the `none` profile's, the reference in family figures
+
+
+@dataclass
+class Evaluation:
+    """The outcome of evaluate_zip."""
+
+    results: dict  # profile -> its metrics.json
+    report: Path
+    row: dict  # the zip's leaderboard row as recorded (earlier columns kept)
+    rows: list[dict]  # the whole leaderboard after recording it
+    images: int  # test images per set
+
+    @property
+    def ok(self) -> bool:
+        return all(m["status"] == "ok" for m in self.results.values())
+
+
+def evaluate_zip(settings: EvalSettings) -> Evaluation:
+    """Evaluate a zip under each profile of the settings; writes <eval_dir>/<zip>/ (per
+    profile scores, metrics, predictions, figures; report.html) and the zip's leaderboard
+    row, and prints progress. A submission that fails is an outcome (Evaluation.ok is
+    False), not an exception; bad settings or inputs raise UserError before any work."""
+    check_output_file(settings.leaderboard_file, "--leaderboard-file")
+    check_output_folder(settings.eval_dir, "--eval-dir")
+    check_output_folder(settings.cache_dir, "--cache-dir")
+    zip_path = settings.zip_path
+    check_zip(zip_path)
+    data = load_dataset(settings.data, held_out_split(settings.data, settings.split))
+    start = time.monotonic()
+    zip_sha = sha256_file(zip_path)
+    data_sha = data_fingerprint(data.images, data.labels)
+    meta = {"time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "zip": zip_path.name, "zip_sha256": zip_sha, "data": data.source, "data_sha256": data_sha,
+            "seeds": list(settings.seeds), "shift_code": shift_code(), "time_limit": settings.time_limit}
+    run = EvalRun(settings, data, settings.eval_dir / zip_path.stem, data_sha, meta)
+    results = {}
+    for profile in settings.profiles:
+        if profile == "sweep":  # the family x severity table: sets of its own, not draws of a plan
+            results[profile] = evaluate_sweep(run)
+        else:
+            results[profile] = evaluate_profile(run, profile)
+            if profile == "none" and results[profile]["status"] == "ok":
+                run.clean_accuracy = results[profile]["accuracy"]
+    for line in cross_check(results):
+        print(line)
+    page = write_report(run.folder, zip_path.name, zip_sha)
+    print(f"report: {page}")
+    new_row = board.evaluation_row(meta, run.folder, results, time.monotonic() - start)
+    row = board.record_evaluation(settings.leaderboard_file, new_row)
+    return Evaluation(results, page, row, board.read_rows(settings.leaderboard_file), len(data.labels))
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -100,17 +214,13 @@ def cached_shift(images, profile: str, seed: int, data_sha: str, cache_dir=CACHE
                 if code != shift_code():
                     print(f"note: {path}: made by an older shift.py ({code}); kept so scores stay "
                           f"comparable (--refresh-shift to rebuild)")
-                return shifted, [_parse_ops(o) for o in ops], code
+                return shifted, [shift.decode_ops(o) for o in ops], code
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: rebuild it
     shifted = shift.apply_shift(images, profile, seed, progress=True)
-    ops = ["+".join(f"{f}:{s}" for f, s in steps) for steps in plans]
+    ops = [shift.encode_ops(steps) for steps in plans]
     save_npz_atomic(path, images=shifted, ops=np.asarray(ops), shift_code=np.asarray(shift_code()))
     return shifted, plans, shift_code()
-
-
-def _parse_ops(text: str):
-    return [(op.split(":")[0], int(op.split(":")[1])) for op in str(text).split("+") if op]
 
 
 def sweep_subset(labels, count: int, seed: int) -> np.ndarray:
@@ -174,48 +284,41 @@ def _waiting(label):
     return notify
 
 
-def _set_name(profile: str, seed) -> str:
-    return profile if seed is None else f"{profile}_seed{seed}"
-
-
 def _plans(profile, n, seed):
-    """Per-image operations when the profile can say them (a profile without per-image
-    plans, e.g. a third-party shift, gets none: no family table)."""
-    try:
-        return [shift.plan(i, profile, seed) for i in range(n)]
-    except ValueError:
-        return [[] for _ in range(n)]
+    """Per-image operations ([] for every image of `none`: no family table)."""
+    return [shift.plan(i, profile, seed) for i in range(n)]
 
 
-def evaluate_profile(zip_path, data, profile, args, common) -> dict:
+def evaluate_profile(run: EvalRun, profile: str) -> dict:
     """Ingest + score one profile: `none` once, a shifted profile once per seed (one
     Model() for all draws); intervals, figures; returns its metrics.json."""
-    out = common["eval_dir"] / profile
-    seeds = [None] if profile == "none" else list(args.seeds)
+    settings, data, zip_path = run.settings, run.data, run.settings.zip_path
+    out = run.folder / profile
+    seeds = [None] if profile == "none" else list(settings.seeds)
     sets, plans, origin = {}, {}, {}
     for seed in seeds:
-        name = _set_name(profile, seed)
-        sets[name], plans[name], code = cached_shift(data.images, profile, seed or 0, common["data_sha"],
-                                                     args.cache_dir, args.refresh_shift)
+        name = shift.set_name(profile, seed)
+        sets[name], plans[name], code = cached_shift(data.images, profile, seed or 0, run.data_sha,
+                                                     settings.cache_dir, settings.refresh_shift)
         origin[name] = {"seed": seed, "shift_code": code,
                         "images_sha256": data_fingerprint(sets[name], data.labels)}
     n = len(data.images)
-    draws = "" if seeds == [None] else f", shift seeds {', '.join(map(str, seeds))} (cached in {args.cache_dir})"
+    draws = "" if seeds == [None] else f", shift seeds {', '.join(map(str, seeds))} (cached in {settings.cache_dir})"
     if TRAINING_SHIFT_SEED in seeds and profile != "none":
         print(f"{profile}: note: shift seed {TRAINING_SHIFT_SEED} is the one training configs select epochs "
               f"with ([shift] seed): a model selected on it scores optimistically there")
-    print(f"{profile}: running {Path(zip_path).name} on {n} images{draws} "
-          f"(time limit per set {time_limit_text(args.time_limit)})", flush=True)
+    print(f"{profile}: running {zip_path.name} on {n} images{draws} "
+          f"(time limit per set {time_limit_text(settings.time_limit)})", flush=True)
     log = _attempt_log(out)
     try:
-        result = run_submission(zip_path, sets, args.time_limit * len(sets), python=args.python,
+        result = run_submission(zip_path, sets, settings.time_limit * len(sets), python=settings.python,
                                 log_path=log, on_wait=_waiting(f"{profile} ingestion"))
     except BaseException:
         log.unlink(missing_ok=True)
         raise
     if not log.exists():
         log.write_text("")
-    metrics = {**common["meta"], "profile": profile, "status": result.status, "message": result.message,
+    metrics = {**run.meta, "profile": profile, "status": result.status, "message": result.message,
                "init_seconds": result.init_seconds,
                "predict_seconds": sum(result.predict_seconds.values()) if result.predict_seconds else None,
                "wall_seconds": result.wall_seconds, "n": n, "seeds": seeds if seeds != [None] else []}
@@ -262,7 +365,7 @@ def evaluate_profile(zip_path, data, profile, args, common) -> dict:
         report.save_family_accuracy(out / "families.png", metrics["families"],
                                     title=f"{profile}: accuracy of the images each family touched"
                                           + (f" ({len(names)} draws)" if len(names) > 1 else ""),
-                                    reference=common.get("clean_accuracy"))
+                                    reference=run.clean_accuracy)
     print(f"{profile}: {describe_estimate(metrics)}; Model() {_s(result.init_seconds)}, "
           f"predict {_s(metrics['predict_seconds'])} -> {out / 'scores.json'}")
     if "families" in metrics:
@@ -278,7 +381,7 @@ def family_table(correct, plans, profile: str) -> dict:
     """family -> {"all": (accuracy, n), severity: (accuracy, n)} over the images each of the
     profile's families touched (its own families: the second opinion's are not ours)."""
     table = family_severity_accuracy(correct, plans)
-    return {f: {"all": table[(f, None)]} | {s: table[(f, s)] for s in corruptions.SEVERITIES if (f, s) in table}
+    return {f: {"all": table[(f, None)]} | {s: table[(f, s)] for s in SEVERITIES if (f, s) in table}
             for f in shift.families(profile) if (f, None) in table}
 
 
@@ -298,38 +401,41 @@ def describe_estimate(m: dict) -> str:
     return text + ")"
 
 
-def evaluate_sweep(zip_path, data, args, common) -> dict:
-    out = common["eval_dir"] / "sweep"
-    seed = args.seeds[0]
-    index = sweep_subset(data.labels, args.sweep_images, seed)
+def evaluate_sweep(run: EvalRun) -> dict:
+    """Every family at every severity on a class-stratified subset, first shift seed;
+    returns its metrics.json (the family x severity table)."""
+    settings, data = run.settings, run.data
+    out = run.folder / "sweep"
+    seed = settings.seeds[0]
+    index = sweep_subset(data.labels, settings.sweep_images, seed)
     images, labels = data.images[index], data.labels[index]
     sets = {"clean": images}
     for family, severity, shifted in shift.sweep(images, seed):
-        sets[f"{family}_s{severity}"] = shifted
-    limit = args.time_limit * len(sets)
-    print(f"sweep: {len(corruptions.FAMILIES)} families x 5 severities on {len(index)} images, seed {seed} "
-          f"(time limit per set {time_limit_text(args.time_limit)})", flush=True)
+        sets[_sweep_set(family, severity)] = shifted
+    limit = settings.time_limit * len(sets)
+    print(f"sweep: {len(FAMILIES)} families x {len(SEVERITIES)} severities on {len(index)} images, seed {seed} "
+          f"(time limit per set {time_limit_text(settings.time_limit)})", flush=True)
     log = _attempt_log(out)
     try:
-        result = run_submission(zip_path, sets, limit, want_proba=False, python=args.python,
+        result = run_submission(settings.zip_path, sets, limit, want_proba=False, python=settings.python,
                                 log_path=log, on_wait=_waiting("sweep ingestion"))
     except BaseException:
         log.unlink(missing_ok=True)
         raise
     if not log.exists():
         log.write_text("")
-    metrics = {**common["meta"], "profile": "sweep", "status": result.status, "message": result.message,
+    metrics = {**run.meta, "profile": "sweep", "status": result.status, "message": result.message,
                "init_seconds": result.init_seconds, "predict_seconds": sum(result.predict_seconds.values()),
                "wall_seconds": result.wall_seconds, "n": len(index)}
     _keep_result(out, log, metrics, result.ok)
     if not result.ok:
         return metrics
     accuracy = {name: float((p == labels).mean()) for name, p in result.predictions.items()}
-    table = {f: {s: (accuracy[f"{f}_s{s}"], len(index)) for s in corruptions.SEVERITIES} for f in corruptions.FAMILIES}
-    for f in corruptions.FAMILIES:
-        table[f]["all"] = (float(np.mean([accuracy[f"{f}_s{s}"] for s in corruptions.SEVERITIES])), len(index) * 5)
+    table = {f: {s: (accuracy[_sweep_set(f, s)], len(index)) for s in SEVERITIES} for f in FAMILIES}
+    for f in FAMILIES:
+        table[f]["all"] = (float(np.mean([accuracy[_sweep_set(f, s)] for s in SEVERITIES])), len(index) * len(SEVERITIES))
     corrupted = np.stack([p for name, p in result.predictions.items() if name != "clean"])
-    worst = sorted(corruptions.FAMILIES, key=lambda f: table[f]["all"][0])[:3]
+    worst = sorted(FAMILIES, key=lambda f: table[f]["all"][0])[:3]
     # The mean over every family x severity, its interval from resampling the subset's images.
     metrics.update({k: v for k, v in stats.score_intervals(labels, corrupted).items() if k in INTERVAL_KEYS})
     metrics.update({"clean_accuracy": accuracy["clean"],
@@ -344,7 +450,7 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
                                             "duration": (result.init_seconds or 0) + metrics["predict_seconds"]})
     write_json_atomic(out / "metrics.json", metrics)
     lines = ["family,severity,accuracy,n"] + [f"{f},{s},{table[f][s][0]:.4f},{len(index)}"
-                                              for f in corruptions.FAMILIES for s in corruptions.SEVERITIES]
+                                              for f in FAMILIES for s in SEVERITIES]
     write_text_atomic(out / "sweep.csv", "\n".join(lines) + "\n")
     report.save_family_accuracy(out / "families.png", table, reference=accuracy["clean"],
                                 title=f"Sweep: accuracy per family and severity ({len(index)} images each)")
@@ -354,6 +460,11 @@ def evaluate_sweep(zip_path, data, args, common) -> dict:
           f"worst families: {worst_families_text(metrics)} "
           f"-> {out / 'scores.json'}")
     return metrics
+
+
+def _sweep_set(family: str, severity: int) -> str:
+    """The sweep's image set of one family at one severity (metrics.json's `sets` keys)."""
+    return f"{family}_s{severity}"
 
 
 def _by_count(correct, plans) -> dict:
@@ -372,7 +483,7 @@ def _write_predictions(path, labels, names, origin, predictions, probabilities, 
         proba = probabilities.get(name)
         for i, (t, p) in enumerate(zip(labels, pred)):
             conf = "" if proba is None else f"{proba[i].max():.4f}"
-            ops = "+".join(f"{f}:{s}" for f, s in plans[name][i])
+            ops = shift.encode_ops(plans[name][i])
             lines.append(f"{i},{seed},{t},{p},{int(t == p)},{conf},{ops}")
     write_text_atomic(path, "\n".join(lines) + "\n")
 

@@ -9,6 +9,8 @@ directory, imports this project's package, prints to stdout, returns the wrong s
 crashes or runs past the time limit fails here as it would on the server.
 
 `run_submission(zip, {set name: images}, time_limit)` -> `IngestionResult`.
+`zip_layout` and `label_problems` define what the server accepts, once: build_submission.py's
+checks (bloodcells.validation) apply the same two.
 """
 
 from __future__ import annotations
@@ -96,27 +98,37 @@ class IngestionResult:
         return self.status == "ok"
 
 
-def check_zip(zip_path) -> list[str]:
-    """Names in the zip; raises UserError when it cannot be a submission."""
+def zip_layout(zip_path) -> tuple[list, str | None]:
+    """(file names, None) or (file names, [] when unreadable, and what stops the server
+    from running it: "field: problem; expected ..."). The one layout rule of local_eval.py
+    and build_submission.py: a readable, intact zip, every name inside it, model.py at its
+    root. Files in folders are allowed: the server extracts the zip as it is."""
     zip_path = Path(zip_path)
     if not zip_path.is_file():
-        raise UserError(f"{zip_path}: file not found; expected a submission .zip")
+        return [], "file not found; expected a submission .zip"
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            names = archive.namelist()
+            names = [i.filename for i in archive.infolist() if not i.is_dir()]
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"{zip_path}: zip: unreadable ({exc}); expected a zip made by build_submission.py") from None
-    if bad is not None:
-        raise UserError(f"{zip_path}: {bad}: corrupt member (CRC error); expected an intact zip")
+        return [], f"zip: unreadable ({exc}); expected a zip made by build_submission.py"
+    if bad is not None:  # no names: nothing in it can be read safely
+        return [], f"{bad}: corrupt member (CRC error); expected an intact zip"
     unsafe = [n for n in names if n.startswith("/") or ".." in Path(n).parts]
     if unsafe:
-        raise UserError(f"{zip_path}: {unsafe[0]}: path outside the zip root; expected relative names")
+        return names, f"{unsafe[0]}: path outside the zip root; expected relative names"
     if "model.py" not in names:
-        nested = [n for n in names if n.endswith("/model.py") or n == "model.py"]
+        nested = [n for n in names if n.endswith("/model.py")]
         where = f" (found {nested[0]}: files must be at the root, not in a folder)" if nested else ""
-        raise UserError(f"{zip_path}: model.py: missing at the zip root{where}; expected model.py "
-                        f"defining class Model")
+        return names, f"model.py: missing at the zip root{where}; expected model.py defining class Model"
+    return names, None
+
+
+def check_zip(zip_path) -> list[str]:
+    """Names in the zip; raises UserError when the server could not run it (zip_layout)."""
+    names, problem = zip_layout(zip_path)
+    if problem:
+        raise UserError(f"{zip_path}: {problem}")
     return names
 
 
@@ -184,28 +196,53 @@ def _result(run: sandbox.SandboxResult, sets: dict, time_limit: float) -> Ingest
     return result
 
 
-def validate_predictions(predictions: np.ndarray, n: int):
-    """(labels (n,) int64, None) or (None, what is wrong)."""
-    shape = predictions.shape
+# What the server accepts from predict(): the one rule of local_eval.py (ingestion) and
+# build_submission.py (validation). Codabench's example ingestion programs store
+# np.asarray(predict(X)) (np.save / np.savetxt) and their scoring programs call sklearn's
+# accuracy_score, which takes floats with integer values as labels and rejects NaN and
+# fractions: so float labels pass. A column (n, 1) does not: the AN2DL template asks for
+# shape (n_samples,), and a scorer comparing with `==` broadcasts a column to (n, n), a
+# wrong score without an error. Nor do labels outside 0-7: scored wrong, silently.
+LABEL_ASPECTS = ("shape", "dtype", "values")
+
+
+def label_problems(predictions, n: int) -> dict:
+    """{aspect: what is wrong} for what predict() returned on n images, aspects in
+    LABEL_ASPECTS ("values" only judged once shape and dtype are right); {} when the
+    server would score it as n labels."""
+    predictions = np.asarray(predictions)
     expected = f"expected shape ({n},) of integer labels 0-{NUM_CLASSES - 1}"
-    if predictions.ndim == 2 and shape[1] == 1:
-        predictions = predictions[:, 0]
-    if predictions.ndim != 1 or len(predictions) != n:
-        return None, f"shape {shape}; {expected}"
+    problems = {}
+    if predictions.shape != (n,):
+        problems["shape"] = f"shape {predictions.shape}; {expected}"
     if predictions.dtype.kind not in "iuf":
-        return None, f"dtype {predictions.dtype}; {expected}"
+        problems["dtype"] = f"dtype {predictions.dtype}; {expected} (integer or integer-valued float dtype)"
+    if problems:
+        return problems
     if predictions.dtype.kind == "f":
-        if not np.isfinite(predictions).all() or not np.all(predictions == np.round(predictions)):
-            return None, f"non-integer values (dtype {predictions.dtype}); {expected}"
-    labels = predictions.astype(np.int64)
-    bad = (labels < 0) | (labels >= NUM_CLASSES)
+        if not np.isfinite(predictions).all():
+            return {"values": f"{int((~np.isfinite(predictions)).sum())} NaN or infinite values; {expected}"}
+        if not np.all(predictions == np.round(predictions)):
+            return {"values": f"non-integer values (dtype {predictions.dtype}, e.g. "
+                              f"{predictions[predictions != np.round(predictions)][0]:g}); {expected}"}
+    bad = (predictions < 0) | (predictions >= NUM_CLASSES)
     if bad.any():
-        return None, f"{int(bad.sum())} values outside 0-{NUM_CLASSES - 1} (e.g. {labels[bad][0]}); {expected}"
-    return labels, None
+        return {"values": f"{int(bad.sum())} values outside 0-{NUM_CLASSES - 1} (e.g. {predictions[bad][0]:g}); "
+                          f"{expected}"}
+    return {}
+
+
+def validate_predictions(predictions, n: int):
+    """(labels (n,) int64, None) or (None, what is wrong) by label_problems."""
+    problems = label_problems(predictions, n)
+    if problems:
+        return None, next(problems[a] for a in LABEL_ASPECTS if a in problems)
+    return np.asarray(predictions).astype(np.int64), None
 
 
 def _fmt_seconds(value) -> str:
     return "?" if value is None else f"{value:.1f} s"
 
 
-__all__ = ["DEFAULT_TIME_LIMIT", "time_limit_text", "IngestionResult", "check_zip", "run_submission", "validate_predictions"]
+__all__ = ["DEFAULT_TIME_LIMIT", "time_limit_text", "IngestionResult", "zip_layout", "check_zip", "run_submission",
+           "LABEL_ASPECTS", "label_problems", "validate_predictions"]

@@ -3,6 +3,11 @@ name) evaluated on one test set (its data fingerprint) with one shift draw (the 
 with its local scores and, once recorded, the score the real server gave it - so the user
 learns which local number predicts the server's.
 
+The row's layout is here: BASE_COLUMNS, then per profile (shift.PROFILES' order) its
+scores acc_/bacc_/f1_<profile> with _lo/_hi (95 % interval) and _min/_max (spread over
+shift seeds), n_/seeds_/predict_seconds_<profile>, failed_<profile>; evaluation_row makes
+one from an evaluation's metrics.
+
 Evaluating again updates only that row and only the profiles evaluated; a profile that
 fails keeps its earlier score, with the failed attempt beside it (`failed_<profile>`). A
 row without a score for a profile it failed (a zip that crashes, times out or returns
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
+from . import shift, stats
 from .cli import UserError
 from .files import atomic_path
 from .report import cell_text, percent
@@ -32,8 +37,6 @@ BASE_COLUMNS = ("time", "zip", "zip_sha256", "status", "data", "data_sha256", "s
                 "eval_dir", "init_seconds", "run_seconds", "server_score")
 # Per profile p: <short>_<p> with <short>_<p>_lo / _hi (95 % interval) and n_<p>.
 SCORE_KEYS = {"acc": "accuracy", "bacc": "balanced_accuracy", "f1": "macro_f1"}
-PROFILE_LABELS = {"none": "clean", "server": "server-like", "sweep": "sweep"}
-PROFILE_ORDER = ("none", "server", "second_opinion", "sweep")  # columns in this order, then any other
 FAMILY_PREFIX = "fam_"
 FAILED_PREFIX = "failed_"  # failed_<profile>: the last failed attempt ("crashed at TIME"), "" once it succeeds
 SUFFIXES = ("_lo", "_hi", "_min", "_max")
@@ -72,9 +75,10 @@ def write_rows(path, rows: list[dict]) -> None:
 
 
 def profiles_in(rows) -> list[str]:
-    """Profiles with an accuracy column in any row, in PROFILE_ORDER, then alphabetically."""
+    """Profiles with an accuracy column in any row, in the registry's order (shift.PROFILES),
+    then alphabetically (a profile an older version had)."""
     found = {k[4:] for row in rows for k in row if k.startswith("acc_") and not k.endswith(SUFFIXES)}
-    return [p for p in PROFILE_ORDER if p in found] + sorted(found - set(PROFILE_ORDER))
+    return [p for p in shift.PROFILES if p in found] + sorted(found - set(shift.PROFILES))
 
 
 def local_scores(rows) -> list[str]:
@@ -87,7 +91,7 @@ def _columns(rows) -> list[str]:
     seen = {k for row in rows for k in row}
     grouped = [f"{c}{suffix}" for c in local_scores(rows) for suffix in ("",) + SUFFIXES]
     grouped += [f"{prefix}_{p}" for p in profiles_in(rows) for prefix in ("n", "seeds", "predict_seconds")]
-    grouped += [f"{FAILED_PREFIX}{p}" for p in PROFILE_ORDER]
+    grouped += [f"{FAILED_PREFIX}{p}" for p in shift.PROFILES]
     ordered = list(BASE_COLUMNS) + [c for c in grouped if c in seen and c not in BASE_COLUMNS]
     return ordered + sorted(seen - set(ordered))
 
@@ -185,6 +189,78 @@ def record_server(path, zip_sha256: str | None, zip_name: str, score: float, tim
     return matches[0]
 
 
+# -- an evaluation's row and what the command says about it ------------------------------
+
+def evaluation_row(meta: dict, eval_dir, results: dict, run_seconds: float) -> dict:
+    """The row of one evaluation (`meta`: what heads its metrics.json; `results`: profile ->
+    metrics.json; `eval_dir`: its folder): per evaluated profile its scores with 95 % intervals
+    (columns named generically: acc_<profile>, acc_<profile>_lo, ...), the spread over
+    shift seeds, the sweep's worst families, the server-like family table. A failed profile
+    writes no score columns (an earlier score of it stays), only `failed_<profile>`."""
+    failed = [f"{p} {m['status']}" for p, m in results.items() if m["status"] != "ok"]
+    any_ok = any(m["status"] == "ok" for m in results.values())
+    # a run where everything failed leaves the time of the scores it keeps
+    row = {"time": meta["time"] if any_ok else None, "zip": meta["zip"], "zip_sha256": meta["zip_sha256"],
+           "status": "failed: " + ", ".join(failed) if failed else "ok", "data": meta["data"],
+           "data_sha256": meta["data_sha256"][:16], "seed": " ".join(map(str, meta["seeds"])),
+           "shift_code": meta["shift_code"], "eval_dir": str(eval_dir), "run_seconds": round(run_seconds, 1)}
+    for profile, m in results.items():
+        if m.get("init_seconds") is not None:
+            row["init_seconds"] = round(m["init_seconds"], 2)
+        if m["status"] != "ok":
+            row[f"{FAILED_PREFIX}{profile}"] = f"{m['status']} at {meta['time']}"
+            continue
+        row[f"{FAILED_PREFIX}{profile}"] = ""
+        for short, key in SCORE_KEYS.items():
+            if key not in m:
+                continue
+            row[f"{short}_{profile}"] = m.get(key)
+            ci = m.get(f"{key}_ci")
+            row[f"{short}_{profile}_lo"], row[f"{short}_{profile}_hi"] = ci if ci else ("", "")
+        row[f"n_{profile}"] = m.get("n")
+        if m.get("seeds"):
+            row[f"seeds_{profile}"] = " ".join(map(str, m["seeds"]))
+            spread = m.get("accuracy_spread") or {}
+            row[f"acc_{profile}_min"], row[f"acc_{profile}_max"] = spread.get("min", ""), spread.get("max", "")
+        if profile != "sweep":
+            row[f"predict_seconds_{profile}"] = m.get("predict_seconds")
+    if "sweep" in results and results["sweep"]["status"] == "ok":
+        row["sweep_worst"] = "; ".join(f"{f} {100 * a:.1f}" for f, a in results["sweep"]["worst_families"])
+    if "server" in results and results["server"]["status"] == "ok":
+        for family, cells in results["server"].get("families", {}).items():
+            row[f"{FAMILY_PREFIX}{family}"] = cells["all"][0]
+    return row
+
+
+def placement_lines(row: dict, rows: list[dict], profiles, images: int, path, against=None) -> list[str]:
+    """What local_eval says once a zip's row is recorded: its rank among the zips evaluated
+    on the same test set (or why it is not ranked) with the estimates of `profiles`, and
+    `against(best, row)` -> a line, for the best other zip whose evaluation folder is there."""
+    same_set = ranking([r for r in rows if r.get("data_sha256") == row.get("data_sha256")])
+    keys = [row_key(r) for r in same_set]
+    if row_key(row) not in keys:
+        return [f"leaderboard: {row.get('zip')} is listed, not ranked ({row.get('status')}) -> {path}"]
+    shown = ", ".join(f"{shift.label(p)} {_estimate_and_spread(row, p)}" for p in profiles
+                      if row.get(f"acc_{p}") not in (None, ""))
+    lines = [f"leaderboard: {row.get('zip')} is #{keys.index(row_key(row)) + 1} of {len(same_set)} ranked on "
+             f"this test set by server-like accuracy ({shown}; %, 95 % intervals over {images} images) -> {path}"]
+    if row.get("status") != "ok":
+        lines.append(f"leaderboard: {row.get('status')}")
+    best = next((r for r in same_set if row_key(r) != row_key(row) and r.get("eval_dir")), None)
+    if best is not None and against is not None:
+        lines.append(against(best, row))
+    return lines
+
+
+def _estimate_and_spread(row, profile) -> str:
+    text = estimate_text(row, profile)
+    low, high = row.get(f"acc_{profile}_min"), row.get(f"acc_{profile}_max")
+    if low not in (None, "") and high not in (None, ""):
+        seeds = str(row.get(f"seeds_{profile}", "")).replace(" ", ",")
+        text += f" (mean of shift seeds {seeds}; per seed {100 * float(low):.1f}-{100 * float(high):.1f})"
+    return text
+
+
 def _float(value):
     try:
         return float(value)
@@ -272,9 +348,9 @@ def format_leaderboard(rows: list[dict], by: str = "acc_server", compare=None) -
     best = best_fit(fits)
     headers = ["#", "zip"] + (["test set"] if several else []) + ["evaluated"]
     for p in profiles:
-        headers.append(f"{PROFILE_LABELS.get(p, p)} %")
+        headers.append(f"{shift.label(p)} %")
         if any(r.get(f"acc_{p}_min") for r in rows):
-            headers.append(f"{PROFILE_LABELS.get(p, p)} per seed")
+            headers.append(f"{shift.label(p)} per seed")
     if any(r.get("sweep_worst") for r in rows):
         headers.append("sweep worst 3")
     headers.append("server")
@@ -351,5 +427,6 @@ def _percent_text(value) -> str:
 
 
 __all__ = ["BASE_COLUMNS", "SCORE_KEYS", "FAMILY_PREFIX", "FAILED_PREFIX", "ROW_KEY", "read_rows", "write_rows",
-           "row_key", "row_status", "is_ranked", "record_evaluation", "record_server", "ranking", "listed_only", "profiles_in", "local_scores", "server_fits", "best_fit",
+           "row_key", "row_status", "is_ranked", "record_evaluation", "record_server", "evaluation_row",
+           "placement_lines", "ranking", "listed_only", "profiles_in", "local_scores", "server_fits", "best_fit",
            "format_leaderboard"]

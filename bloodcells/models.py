@@ -6,10 +6,7 @@ model.weights.h5). Pretrained backbone weights: bloodcells.pretrained.
 
 The export rebuilds the network as model.py will, loads the written weights and must
 reproduce the training model's probabilities on the validator's probe images (stored
-in model.json as the reference the submission checks compare against).
-
-    python -m bloodcells.models --backbone B [--cache-dir DIR]   # fetch ImageNet weights ahead
-"""
+in model.json as the reference the submission checks compare against)."""
 
 from __future__ import annotations
 
@@ -23,10 +20,10 @@ from pathlib import Path
 
 from . import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from .cli import UserError
-from .shipped import REPO_ROOT, shipped_model_module  # noqa: F401  (REPO_ROOT: callers read it here)
+from .lite_weights import is_lite, load_lite_backbone
+from .pretrained import finalize_states, load_pretrained_backbone, resolve_backbone_weights  # noqa: F401
+from .shipped import PROBE_IMAGES, REFERENCE_TOLERANCE, probe_images, shipped_model_module
 
-REFERENCE_IMAGES = 64  # = the validator's default probe count (bloodcells.validation.Limits)
-EXPORT_TOLERANCE = 1e-5  # max |dp| between the training model and the rebuilt export
 
 
 
@@ -85,9 +82,6 @@ def _weights_kind(weights) -> str:
 def build(spec: dict, weights=None, cache_dir=None):
     """The training network: model.py's graph, with pretrained backbone weights loaded
     into it when `weights` is 'imagenet' or a file."""
-    from .lite_weights import is_lite, load_lite_backbone
-    from .pretrained import load_pretrained_backbone, resolve_backbone_weights
-
     resolved = resolve_backbone_weights(weights, spec["backbone"], cache_dir)
     net = shipped_model_module().build_network(spec)
     if resolved is not None and is_lite(spec["backbone"]):
@@ -95,15 +89,6 @@ def build(spec: dict, weights=None, cache_dir=None):
     elif resolved is not None:
         load_pretrained_backbone(net, spec, resolved)
     return net
-
-
-def finalize_states(model) -> None:
-    """Layers that keep constants derived from their variables (Normalization's mean and
-    variance) refresh them; needed after assigning variables directly (set_weights,
-    checkpoint restore), which, unlike load_weights, does not."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if hasattr(layer, "finalize_state") and layer.built:
-            layer.finalize_state()
 
 
 # -- freezing ----------------------------------------------------------------------------
@@ -231,10 +216,10 @@ def check_rebuild(spec: dict, weights_path, images, reference, where, save_to=No
         rebuilt = shipped_model_module().build_network(spec)
         rebuilt.load_weights(str(weights_path))
         diff = float(np.abs(network_probabilities(rebuilt, images) - reference).max())
-    if not diff <= EXPORT_TOLERANCE:
+    if not diff <= REFERENCE_TOLERANCE:
         raise UserError(f"{where}: export: the network model.py rebuilds from it differs from the training "
                         f"model by max |dp| = {diff:.3g} on {len(images)} probe images (tolerance "
-                        f"{EXPORT_TOLERANCE:g}); not exported (a graph that depends on how it was built)")
+                        f"{REFERENCE_TOLERANCE:g}); not exported (a graph that depends on how it was built)")
     if save_to is not None:
         rebuilt.save_weights(str(save_to))
     return diff
@@ -246,14 +231,13 @@ def export(model, spec: dict, out_dir) -> Path:
     against the training model (whose probabilities on the validator's probe images are
     stored in model.json as "reference"), then swapped into place, so a reader never sees
     a half-written or unfaithful export or a json without its weights."""
-    from .validation import probe_images
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    probe = probe_images(REFERENCE_IMAGES)
+    probe = probe_images(PROBE_IMAGES)
     reference = reference_probabilities(model, spec, probe)
     spec = {**spec, "format": SPEC_FORMAT, "weights_file": "model.weights.h5",
-            "reference": {"probe_images": REFERENCE_IMAGES, "probs": reference.tolist()}}
+            "reference": {"probe_images": PROBE_IMAGES, "probs": reference.tolist()}}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     old = None
     try:
@@ -332,25 +316,3 @@ def load_into(net, spec: dict, folder) -> None:
             raise UserError(f"{Path(folder) / 'model.json'}: {key}: {other.get(key)!r}; expected the config's "
                             f"{spec.get(key)!r} (model.init_from must be the same network)")
     _load_weights_file(net, weights)
-
-
-# -- fetching ImageNet weights ahead (a connected machine; the file then works offline) ------
-
-def fetch_main(argv=None):
-    import argparse
-
-    from .pretrained import fetch_weights
-
-    ap = argparse.ArgumentParser(prog="python -m bloodcells.models", description=(
-        "Download a backbone's ImageNet weights into the Keras cache, for training offline later "
-        "(set model.cache_dir to the same folder, or model.weights to the printed file)."))
-    ap.add_argument("--backbone", required=True, help="e.g. efficientnetb7")
-    ap.add_argument("--cache-dir", default=None, help="cache folder (default: Keras' ~/.keras); files go to <dir>/models/")
-    args = ap.parse_args(argv)
-    for path in fetch_weights(args.backbone, args.cache_dir):
-        print(path)
-
-
-if __name__ == "__main__":
-    from .cli import run_cli
-    run_cli(fetch_main)()

@@ -17,9 +17,10 @@ import contextlib
 import os
 from pathlib import Path
 
-from .cli import UserError
+from . import IMAGE_SIZE
+from .cli import UserError, run_cli
 from .lite_weights import cached_keras_weights, install_package, is_lite, packaged_checkpoint
-from .models import backbone_names, finalize_states, make_spec, shipped_model_module
+from .shipped import shipped_model_module
 
 
 def resolve_backbone_weights(weights, backbone: str, cache_dir=None):
@@ -99,6 +100,15 @@ def keras_pretrained_backbone(spec: dict, source: str):
         return getattr(keras.applications, constructor)(weights="imagenet", **kwargs)
 
 
+def finalize_states(model) -> None:
+    """Layers that keep constants derived from their variables (Normalization's mean and
+    variance) refresh them; needed after assigning variables directly (set_weights,
+    checkpoint restore), which, unlike load_weights, does not."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if hasattr(layer, "finalize_state") and layer.built:
+            layer.finalize_state()
+
+
 def load_pretrained_backbone(net, spec: dict, source: str) -> list:
     """Copy Keras's pretrained backbone into `net`'s (weights=None) backbone, layer by
     layer; fold an extra Rescaling that follows a Normalization into its variance. Any
@@ -154,7 +164,8 @@ def fetch_weights(backbone: str, cache_dir=None) -> list:
     through keras.applications' own code; returns the cached file names."""
     backbone = backbone.lower()
     if backbone not in shipped_model_module().BACKBONES:
-        raise UserError(f"BACKBONE: unknown '{backbone}'; expected one of {backbone_names()}")
+        raise UserError(f"BACKBONE: unknown '{backbone}'; expected one of "
+                        f"{sorted(shipped_model_module().BACKBONES)}")
     resolve_backbone_weights("imagenet", backbone, cache_dir)
     if is_lite(backbone):  # from the package registry, converted once into the Keras cache
         try:
@@ -173,7 +184,26 @@ def fetch_weights(backbone: str, cache_dir=None) -> list:
 
     file_utils.get_file = recording
     try:
-        keras_pretrained_backbone(make_spec({"backbone": backbone}), "imagenet")
+        keras_pretrained_backbone({"backbone": backbone, "input_size": IMAGE_SIZE}, "imagenet")
     finally:
         file_utils.get_file = fetch
     return fetched
+
+
+@run_cli
+def main(argv=None):
+    """make fetch-weights: the ImageNet weights ahead, on a connected machine."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bloodcells.pretrained", description=(
+        "Download a backbone's ImageNet weights into the Keras cache, for training offline later "
+        "(set model.cache_dir to the same folder, or model.weights to the printed file)."))
+    ap.add_argument("--backbone", required=True, help="e.g. efficientnetb7")
+    ap.add_argument("--cache-dir", default=None, help="cache folder (default: Keras' ~/.keras); files go to <dir>/models/")
+    args = ap.parse_args(argv)
+    for path in fetch_weights(args.backbone, args.cache_dir):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

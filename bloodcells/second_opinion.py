@@ -7,7 +7,7 @@ cut to its own shape. Here every corruption is a transform of a third-party libr
 (noise, blur, compression, resolution, weather, stain, distortion, dropout, spatter,
 lighting); this module only picks which transform, at what strength, with what seed.
 
-Each family has severities 1-5 (the strengths are the tables below, chosen by looking at
+Each family has the severities of ours (corruptions.SEVERITIES, 1-5; the strengths are the tables below, chosen by looking at
 the preview grid and against a plain CNN's accuracy drop: bench/RESULTS.md). The profile
 `second_opinion` gives every image 1-3 families at random severities, as many as `server`
 gives, so the two differ in the corruption code only. Image i's result depends only on
@@ -17,7 +17,8 @@ re-seeds the library transform with a seed derived from (seed, i, step) before i
 Never used for training or for choosing epochs or configs (bloodcells.train refuses it):
 it is an estimate, and only stays one while nothing is fitted to it.
 
-Use it through bloodcells.shift: apply_shift(images, "second_opinion", seed), plan(i,
+Use it through bloodcells.shift, whose registry holds it as a profile (its plan, its
+families, its per-image step): apply_shift(images, "second_opinion", seed), plan(i,
 "second_opinion", seed), describe(...), and `python -m bloodcells.shift --profile
 second_opinion --sweep-preview grid.png` for the family x severity grid.
 """
@@ -28,8 +29,10 @@ import os
 
 import numpy as np
 
+# SEVERITIES is ours, shared: second_opinion.SEVERITIES is the same tuple.
+from .corruptions import SEVERITIES, check_severity, image_rng, random_severity  # noqa: F401
+
 PROFILE = "second_opinion"
-SEVERITIES = (1, 2, 3, 4, 5)
 OPS_PER_IMAGE = (1, 2, 3)
 LIBRARY = "albumentations"
 
@@ -211,14 +214,11 @@ def _pipeline(family: str, severity: int):
 def check_family(family: str, severity: int) -> None:
     if family not in FAMILY_GROUPS:
         raise ValueError(f"unknown {PROFILE} family '{family}'; expected one of {FAMILIES}")
-    if int(severity) not in SEVERITIES:
-        raise ValueError(f"severity must be 1-5, got {severity}")
+    check_severity(severity)
 
 
 def _seed(seed: int, i: int, *names) -> int:
     """An int seed for the library from (seed, i, names), via shift's per-image generator."""
-    from .corruptions import image_rng
-
     return int(image_rng(seed, i, PROFILE, *names).integers(0, 2**32 - 1))
 
 
@@ -238,19 +238,15 @@ def run(img: np.ndarray, family: str, severity: int, seed: int) -> np.ndarray:
 
 def plan(i: int, seed: int = 0) -> list[tuple[str, int]]:
     """Image i's corruptions: [(family, severity), ...] in order, 1-3 distinct families."""
-    from .corruptions import image_rng
-
     rng = image_rng(seed, i, "plan", PROFILE)
     count = int(rng.choice(OPS_PER_IMAGE))
     chosen = rng.choice(len(FAMILIES), size=count, replace=False)
-    return [(FAMILIES[c], int(rng.integers(1, 6))) for c in chosen]
+    return [(FAMILIES[c], random_severity(rng)) for c in chosen]
 
 
-def shift_image(img: np.ndarray, i: int, seed: int) -> np.ndarray:
-    """Image i under the profile: its plan, each step re-seeded from (seed, i, step)."""
-    for step, (family, severity) in enumerate(plan(i, seed)):
-        img = run(img, family, severity, _seed(seed, i, "step", step))
-    return img
+def step(img: np.ndarray, family: str, severity: int, i: int, seed: int, index: int) -> np.ndarray:
+    """Step `index` of image i's plan, the library re-seeded from (seed, i, index)."""
+    return run(img, family, severity, _seed(seed, i, "step", index))
 
 
 def corrupt(images: np.ndarray, family: str, severity: int, seed: int = 0) -> np.ndarray:

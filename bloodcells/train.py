@@ -37,8 +37,8 @@ import numpy as np
 
 from . import CLASS_NAMES, NUM_CLASSES
 from . import augment as augment_mod
-from .checkpoint import RunState, assign_variables, check_resume, load_weights_npz, read_checkpoint, \
-    save_checkpoint, save_weights_npz
+from .checkpoint import EpochDecisions, RunState, assign_variables, check_resume, end_epoch, load_weights_npz, \
+    read_checkpoint, save_checkpoint, save_weights_npz, validates
 from .cli import Progress, UserError, run_cli
 from .config import Config, PhaseConfig, TrainConfig, load_config, resolve_config
 from .distribute import is_chief, make_strategy, precision_policy, predict, strategy_summary, \
@@ -196,19 +196,79 @@ class _Phase:
 
 class Trainer:
     """One training run: `run()` = set_up, then per phase start_phase and per epoch
-    fit_epoch, validate, update_stopping_state and a checkpoint, then finish."""
+    run_epoch (fit, validate when due), the stopping rule (checkpoint.end_epoch) and
+    apply_decisions (its files), then finish."""
 
     def __init__(self, cfg: Config, data_path, out_dir, export_dir=None, resume: bool = False, log=None):
         self.cfg = cfg
         self.data_path = Path(data_path)
-        self.out = Path(out_dir)
+        self.run_folder = Path(out_dir)  # the chief's: --resume reads its config.json
+        self.out = self.run_folder       # where this process writes (a non-chief worker: its scratch)
         self.export_dir = Path(export_dir) if export_dir else None
         self.resume = resume
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.seed = cfg.seed
+        # set by set_up's steps
+        self.strategy = None
+        self.scratch = None              # a non-chief worker's temporary folder
+        self.train = self.val = None     # the data's training and validation sides
+        self.val_shifted = None          # the validation images under the fixed shift
+        self.spec = self.model = None
+        self.augmentation = None         # the run's augment.TrainingStream
+        self.restored = None             # on --resume: (model, optimiser) values for start_phase
+        # set later
+        self.optimizer = None            # the phase's (start_phase)
+        self.metrics = None              # the best epoch's (finish)
 
-    # data -----------------------------------------------------------------------------
-    def load_data(self):
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.npz"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.npz"
+
+    # setting up, one step each ------------------------------------------------------
+    def set_up(self) -> RunState:
+        """Everything before the first epoch; the loop state, new or read from the
+        checkpoint (whose variables start_phase restores)."""
+        self.check_phases()
+        self.check_run_folder()
+        self.start_strategy()
+        self.load_data()
+        self.build_network()
+        run_info = self.write_run_info()
+        self.build_augmentation()
+        return self.initial_state(run_info["data_sha256"])
+
+    def check_phases(self) -> None:
+        if not self.cfg.phases():
+            raise UserError("config: phase1.epochs/phase2.epochs: both 0; expected at least one epoch")
+
+    def check_run_folder(self) -> None:
+        """A new run needs a folder without a run in it; --resume, one with a checkpoint."""
+        checkpoint = self.run_folder / "checkpoint.npz"
+        if self.resume and not checkpoint.is_file():
+            raise UserError(f"{checkpoint}: --resume: no checkpoint; expected a run folder written by an "
+                            f"earlier (interrupted) run")
+        if not self.resume and checkpoint.exists():
+            raise UserError(f"{self.run_folder}: --out: already holds a run; expected a new folder, or --resume")
+
+    def start_strategy(self) -> None:
+        """The distribution strategy, first: a multi-worker strategy must precede other
+        TensorFlow work. Only the chief writes the run folder and the export; another
+        worker computes the same but writes to a scratch folder."""
+        t = self.cfg.train
+        self.strategy = make_strategy(t.strategy, t.tpu)
+        if not is_chief(self.strategy):
+            self.scratch = worker_scratch(self.run_folder, self.resume)
+            self.out = Path(self.scratch.name)
+            self.export_dir = self.export_dir and self.out / "export"
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def load_data(self) -> None:
+        """The training and validation sides (cut to data.max_train/max_val if set) and
+        the validation images under the fixed shift."""
         from .data import train_val
         from .shift import apply_shift  # contract 2
 
@@ -224,51 +284,20 @@ class Trainer:
         self.log(f"data: {len(train)} training, {len(val)} validation images; shifted validation "
                  f"profile '{shift.profile}' seed {shift.seed}")
 
-    def data_checksum(self) -> str:
-        if self.data_path.is_file():
-            return sha256_file(self.data_path)
-        from .data import fingerprint
-        return fingerprint(self.train.images, self.train.labels, self.val.images, self.val.labels)
-
-    def epoch_plan(self, epoch: int):
-        """(epoch, training indices in order, cut to train.steps_per_epoch batches if set)
-        for the augmentation stream."""
-        order = epoch_order(self.train.labels, self.cfg.data.imbalance, self.seed, epoch)
-        t = self.cfg.train
-        return epoch, (order[: t.steps_per_epoch * t.batch_size] if t.steps_per_epoch else order)
-
-    def steps_per_epoch(self, epoch: int) -> int:
-        return math.ceil(len(self.epoch_plan(epoch)[1]) / self.cfg.train.batch_size)
-
-    # steps ----------------------------------------------------------------------------
-    def set_up(self) -> RunState:
-        """Folders, strategy, data, network, config.json and the augmentation stream; the
-        loop state new or read from the checkpoint (its variables restored by start_phase)."""
+    def build_network(self) -> None:
+        """The network, seeded, under the strategy and the precision policy, with the
+        config's initial weights or an export's (model.init_from); on --resume without
+        either (start_phase assigns the checkpoint's)."""
         import keras
 
         from . import models
         from .pretrained import set_weights_cache
 
-        cfg, t = self.cfg, self.cfg.train
+        cfg = self.cfg
         if cfg.model.cache_dir:
             set_weights_cache(cfg.model.cache_dir)
-        self.ckpt_path, self.best_path = self.out / "checkpoint.npz", self.out / "best.npz"
-        if self.resume and not self.ckpt_path.is_file():
-            raise UserError(f"{self.ckpt_path}: --resume: no checkpoint; expected a run folder written by an "
-                            f"earlier (interrupted) run")
-        if not self.resume and self.ckpt_path.exists():
-            raise UserError(f"{self.out}: --out: already holds a run; expected a new folder, or --resume")
-        run_folder = self.out  # the chief's: a resumed worker checks its config.json there too
-        self.strategy = make_strategy(t.strategy, t.tpu)  # first: a multi-worker strategy precedes other TF work
-        self.scratch = None if is_chief(self.strategy) else worker_scratch(self.out, self.resume)
-        if self.scratch is not None:  # only the chief writes the run folder and the export
-            self.out, self.export_dir = Path(self.scratch.name), self.export_dir and Path(self.scratch.name) / "export"
-            self.ckpt_path, self.best_path = self.out / "checkpoint.npz", self.out / "best.npz"
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.load_data()
-
         keras.utils.set_random_seed(self.seed)
-        keras.mixed_precision.set_global_policy(precision_policy(t.mixed_precision, self.strategy))
+        keras.mixed_precision.set_global_policy(precision_policy(cfg.train.mixed_precision, self.strategy))
         self.spec = models.make_spec(cfg.model, name=cfg.name, source_run=str(self.out))
         with self.strategy.scope():
             self.model = models.build(self.spec, cfg.model.weights if not self.resume else None,
@@ -279,29 +308,60 @@ class Trainer:
         synchronize_batchnorm(self.model, self.strategy)
         uncapture_multiworker_strategy(self.model, self.strategy)
 
-        run_info = {"config": cfg.to_dict(), "seed": self.seed, "data": str(self.data_path),
+    def write_run_info(self) -> dict:
+        """config.json (config_resume.json on --resume): resolved config, seed, data
+        checksum, sizes, package versions, strategy and command line."""
+        run_info = {"config": self.cfg.to_dict(), "seed": self.seed, "data": str(self.data_path),
                     "data_sha256": self.data_checksum(), "train_images": len(self.train),
                     "val_images": len(self.val), "versions": package_versions(),
                     "strategy": strategy_summary(self.strategy),
                     "command": " ".join(sys.argv)}
         write_json_atomic(self.out / ("config.json" if not self.resume else "config_resume.json"), run_info)
+        return run_info
+
+    def data_checksum(self) -> str:
+        if self.data_path.is_file():
+            return sha256_file(self.data_path)
+        from .data import fingerprint
+        return fingerprint(self.train.images, self.train.labels, self.val.images, self.val.labels)
+
+    def build_augmentation(self) -> None:
+        """The run's augmented training stream (with per-image class weights if
+        data.imbalance asks) and its preview, augmentation.png."""
+        from . import models
+
+        cfg = self.cfg
         weights = class_weights(self.train.labels)[self.train.labels] if cfg.data.imbalance == "class_weights" else None
         with models.float32_policy():  # mixed_float16 would make the augmentation layers mix dtypes
             self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg.augment,
-                                                           seed=self.seed, batch_size=t.batch_size, weights=weights)
+                                                           seed=self.seed, batch_size=cfg.train.batch_size,
+                                                           weights=weights)
         augment_mod.save_augmentation_grid(self.out / "augmentation.png", self.augmentation, epoch=0)
 
-        if not cfg.phases():
-            raise UserError(f"config: phase1.epochs/phase2.epochs: both 0; expected at least one epoch")
-        self.restored = None
+    def initial_state(self, data_sha256: str) -> RunState:
+        """A new RunState; on --resume the checkpoint's, once check_resume accepts the
+        run (its variables are kept for start_phase)."""
+        from . import models
+
         if not self.resume:
             return RunState(spec_format=models.SPEC_FORMAT)
-        state, model_vars, opt_vars = read_checkpoint(self.ckpt_path)
-        check_resume(json.loads((run_folder / "config.json").read_text()), run_info["data_sha256"],
-                     self.data_path, state, cfg.model)
+        state, model_vars, opt_vars = read_checkpoint(self.checkpoint_path)
+        check_resume(json.loads((self.run_folder / "config.json").read_text()), data_sha256, self.data_path,
+                     state, self.cfg.model)
         self.restored = (model_vars, opt_vars)
-        self.log(f"resume: from epoch {state.epoch} ({self.ckpt_path})")
+        self.log(f"resume: from epoch {state.epoch} ({self.checkpoint_path})")
         return state
+
+    # the epochs -----------------------------------------------------------------------
+    def epoch_plan(self, epoch: int):
+        """(epoch, training indices in order, cut to train.steps_per_epoch batches if set)
+        for the augmentation stream."""
+        order = epoch_order(self.train.labels, self.cfg.data.imbalance, self.seed, epoch)
+        t = self.cfg.train
+        return epoch, (order[: t.steps_per_epoch * t.batch_size] if t.steps_per_epoch else order)
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return math.ceil(len(self.epoch_plan(epoch)[1]) / self.cfg.train.batch_size)
 
     def start_phase(self, state: RunState) -> _Phase:
         """Freeze or unfreeze, a fresh optimiser, the checkpoint's variables on resume,
@@ -313,27 +373,50 @@ class Trainer:
             models.freeze_backbone(self.model)
         else:
             models.unfreeze_top(self.model, pcfg.unfreeze, pcfg.freeze_batchnorm)
-        with self.strategy.scope():
-            self.optimizer = make_optimizer(self.cfg.train, pcfg.lr)
-            loss = make_loss(self.cfg.train, self.augmentation.augmenter.views)
-            self.model.compile(optimizer=self.optimizer, loss=loss,
-                               metrics=["accuracy"], jit_compile=self.cfg.train.xla)
-        # mixed_float16: compile wrapped it in a LossScaleOptimizer, whose loss scale and
-        # step counter are state to checkpoint with the inner optimiser's
-        self.optimizer = self.model.optimizer
+        self.compile(pcfg.lr)
         if self.restored is not None:
-            model_vars, opt_vars = self.restored
-            assign_variables(self.model.variables, model_vars, f"{self.ckpt_path}: model")
-            models.finalize_states(self.model)
-            if opt_vars:
-                with self.strategy.scope():  # distributed optimizer variables
-                    self.optimizer.build(self.model.trainable_variables)
-                assign_variables(self.optimizer.variables, opt_vars, f"{self.ckpt_path}: optimizer")
-            self.restored = None
+            self.restore_checkpoint_variables()
         first = state.epoch - state.epoch_in_phase
         total = sum(self.steps_per_epoch(first + e) for e in range(pcfg.epochs))
         batches = iter(self.augmentation.epochs([self.epoch_plan(e) for e in range(state.epoch, first + pcfg.epochs)]))
         return _Phase(name, pcfg, first, total, batches)
+
+    def compile(self, lr: float) -> None:
+        with self.strategy.scope():
+            optimizer = make_optimizer(self.cfg.train, lr)
+            loss = make_loss(self.cfg.train, self.augmentation.augmenter.views)
+            self.model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=self.cfg.train.xla)
+        # mixed_float16: compile wrapped it in a LossScaleOptimizer, whose loss scale and
+        # step counter are state to checkpoint with the inner optimiser's
+        self.optimizer = self.model.optimizer
+
+    def restore_checkpoint_variables(self) -> None:
+        """The checkpoint's model and optimiser variables (once, in the first phase run)."""
+        from . import models
+
+        model_vars, opt_vars = self.restored
+        assign_variables(self.model.variables, model_vars, f"{self.checkpoint_path}: model")
+        models.finalize_states(self.model)
+        if opt_vars:
+            with self.strategy.scope():  # distributed optimizer variables
+                self.optimizer.build(self.model.trainable_variables)
+            assign_variables(self.optimizer.variables, opt_vars, f"{self.checkpoint_path}: optimizer")
+        self.restored = None
+
+    def run_epoch(self, state: RunState, phase: _Phase) -> dict:
+        """One epoch trained, validated when due (checkpoint.validates) and logged: its
+        history row."""
+        row, started = self.fit_epoch(state, phase)
+        if validates(state, self.cfg.train.eval_every, phase.cfg.epochs):
+            clean, shifted = self.validate()
+        else:  # NaN: the stopping rule neither takes it as best nor counts it for patience
+            clean = shifted = {"accuracy": float("nan"), "loss": float("nan")}
+        row.update(val_loss=clean["loss"], val_acc=clean["accuracy"], val_shifted_acc=shifted["accuracy"],
+                   seconds=round(time.monotonic() - started, 1))
+        self.log(f"epoch {row['epoch']} ({phase.name}): loss {row['loss']:.4f} train acc {row['accuracy']:.3f} "
+                 f"val acc {row['val_acc']:.3f} shifted val acc {row['val_shifted_acc']:.3f} "
+                 f"lr {row['lr']:.2e} {row['seconds']:.0f}s")
+        return row
 
     def fit_epoch(self, state: RunState, phase: _Phase) -> tuple[dict, float]:
         """One epoch of training: its history row without the validation columns, and
@@ -342,7 +425,7 @@ class Trainer:
         step0 = sum(self.steps_per_epoch(phase.first_epoch + e) for e in range(state.epoch_in_phase))
         started = time.monotonic()
         lr_cb = _learning_rate_callback()(phase.cfg.lr, self.cfg.train, step0, phase.total_steps, steps, state.lr_scale,
-                              f"epoch {epoch + 1} ({phase.name})")
+                                          f"epoch {epoch + 1} ({phase.name})")
         with self.strategy.scope():
             fit = self.model.fit(epoch_batches(phase.batches, steps), epochs=1, verbose=0, callbacks=[lr_cb],
                                  shuffle=False)
@@ -355,61 +438,33 @@ class Trainer:
         return (validation_metrics(self.model, self.val.images, self.val.labels, size),
                 validation_metrics(self.model, self.val_shifted, self.val.labels, size))
 
-    def update_stopping_state(self, state: RunState, phase: _Phase, row: dict) -> None:
-        """Best-model selection (best.npz), patience, the plateau rule, early stopping and
-        the end of the phase (the next starts from the best weights so far)."""
-        t, monitor = self.cfg.train, self.cfg.train.monitor
-        score = row[monitor]
-        if not math.isnan(score):  # NaN: not validated this epoch
-            if state.best is None or score > state.best:
-                state.best, state.best_epoch = score, row["epoch"]
-                save_weights_npz(self.best_path, self.model)
-            if state.phase_best is None or score > state.phase_best:
-                state.phase_best, state.wait, state.plateau_wait = score, 0, 0
-            else:
-                state.wait += 1
-                state.plateau_wait += 1
-        if t.plateau_patience and state.plateau_wait >= t.plateau_patience:
-            state.lr_scale *= t.plateau_factor
-            state.plateau_wait = 0
-            self.log(f"plateau: {monitor} flat for {t.plateau_patience} epochs; lr x{state.lr_scale:.3g}")
-        state.epoch += 1
-        state.epoch_in_phase += 1
-        if t.early_stopping_patience and state.wait >= t.early_stopping_patience:
-            self.log(f"early stop: {monitor} did not improve for {state.wait} epochs")
-            state.epoch_in_phase = phase.cfg.epochs
-        if state.epoch_in_phase >= phase.cfg.epochs:
-            state.phase_index += 1
-            state.epoch_in_phase, state.phase_best, state.wait = 0, None, 0
-            state.plateau_wait, state.lr_scale = 0, 1.0
-            state.done = state.phase_index >= len(self.cfg.phases())
-            if self.best_path.is_file():
-                load_weights_npz(self.model, self.best_path)
+    def apply_decisions(self, state: RunState, decisions: EpochDecisions) -> None:
+        """The stopping rule's decisions on disk and in the network: best.npz, the log,
+        the best weights back at a phase's end; then history.csv and the checkpoint
+        (without the optimiser after a phase: the next makes its own)."""
+        t = self.cfg.train
+        if decisions.new_best:
+            save_weights_npz(self.best_path, self.model)
+        if decisions.reduced_lr_scale is not None:
+            self.log(f"plateau: {t.monitor} flat for {t.plateau_patience} epochs; lr x{decisions.reduced_lr_scale:.3g}")
+        if decisions.early_stop_after is not None:
+            self.log(f"early stop: {t.monitor} did not improve for {decisions.early_stop_after} epochs")
+        if decisions.phase_over and self.best_path.is_file():
+            load_weights_npz(self.model, self.best_path)
+        self.write_history(state.history)
+        save_checkpoint(self.checkpoint_path, self.model, None if decisions.phase_over else self.optimizer, state)
 
     def run(self) -> dict:
         state = self.set_up()
-        t = self.cfg.train
-        while not state.done and state.phase_index < len(self.cfg.phases()):
+        phase_epochs = [pcfg.epochs for _, pcfg in self.cfg.phases()]
+        while not state.done and state.phase_index < len(phase_epochs):
             phase = self.start_phase(state)
-            while state.epoch_in_phase < phase.cfg.epochs:
-                row, started = self.fit_epoch(state, phase)
-                last = state.epoch_in_phase + 1 >= phase.cfg.epochs
-                if (state.epoch_in_phase + 1) % max(t.eval_every, 1) == 0 or last:
-                    clean, shifted = self.validate()
-                else:  # not validated this epoch: never the best, no patience counted
-                    clean = shifted = {"accuracy": float("nan"), "loss": float("nan")}
-                row.update(val_loss=clean["loss"], val_acc=clean["accuracy"], val_shifted_acc=shifted["accuracy"],
-                           seconds=round(time.monotonic() - started, 1))
-                state.history.append(row)
-                self.log(f"epoch {row['epoch']} ({phase.name}): loss {row['loss']:.4f} train acc {row['accuracy']:.3f} "
-                         f"val acc {row['val_acc']:.3f} shifted val acc {row['val_shifted_acc']:.3f} "
-                         f"lr {row['lr']:.2e} {row['seconds']:.0f}s")
-                self.update_stopping_state(state, phase, row)
-                self.write_history(state.history)
-                phase_over = state.epoch_in_phase == 0
-                save_checkpoint(self.ckpt_path, self.model, None if phase_over else self.optimizer, state)
-                if phase_over:
-                    break
+            phase_over = False
+            while not phase_over:
+                row = self.run_epoch(state, phase)
+                state, decisions = end_epoch(state, row, self.cfg.train, phase_epochs)
+                self.apply_decisions(state, decisions)
+                phase_over = decisions.phase_over
             del phase  # stops its pipeline's prefetching before the next phase's starts
         return self.finish(state)
 

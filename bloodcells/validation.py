@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodcells import IMAGE_SIZE, NUM_CLASSES, sandbox
-from bloodcells.ingestion import DEFAULT_TIME_LIMIT, time_limit_text
-from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT, shipped_model_module
+from bloodcells import NUM_CLASSES, sandbox
+from bloodcells.budget import measured_costs, server_seconds
+from bloodcells.ingestion import DEFAULT_TIME_LIMIT, label_problems, time_limit_text, zip_layout
+from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT
+from bloodcells.shipped import PROBE_IMAGES, REFERENCE_TOLERANCE, probe_images, shipped_model_module  # noqa: F401
 
 MANIFEST_NAME = shipped_model_module().MANIFEST_NAME  # written by bloodcells.submission.stage, read by model.py
 
@@ -37,14 +39,14 @@ ABSOLUTE_PATH = re.compile(r"^(/[^\s/]+/|~/|[A-Za-z]:[\\/])\S*$")
 class Limits:
     """What a submission must meet. Defaults are printed by every validation."""
 
-    probe_images: int = 64  # images predicted in the validation run
+    probe_images: int = PROBE_IMAGES  # images predicted in the validation run
     test_images: int = 20_000  # test-set size the time per image is extrapolated to
     time_limit_s: float = DEFAULT_TIME_LIMIT  # the phase's time limit (Codabench's default, as local_eval.py)
     speedup: float = 1.0  # how many times faster the server is than this machine (e.g. it has a GPU)
     max_size_mb: float = 500.0  # zip size limit
     half_tolerance: float = 0.01  # --half: largest allowed |p16 - p32| on the probe batch
     parity_tolerance: float = 1e-3  # server check: largest allowed |p_server - p_here|
-    reference_tolerance: float = 1e-5  # largest allowed |p_zip - p_training model| (single view)
+    reference_tolerance: float = REFERENCE_TOLERANCE  # largest allowed |p_zip - p_training model| (single view)
     timeout_s: float = 1800.0  # the validation process is stopped after this
 
     def describe(self) -> str:
@@ -88,21 +90,6 @@ class Report:
         return "\n".join(c.line() for c in self.checks)
 
 
-def probe_images(n: int, seed: int = 0) -> np.ndarray:
-    """Deterministic cell-like probe images: a dark blob on a light, noisy background."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
-    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    for i in range(n):
-        cy, cx = rng.uniform(30, 66, size=2)
-        r = rng.uniform(10, 30)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
-        colour = rng.uniform(60, 200, size=3)
-        img = 225 - blob * (225 - colour) + rng.normal(0, 8, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
-        images[i] = np.clip(img, 0, 255).astype(np.uint8)
-    return images
-
-
 def check_code(source: str, report: Report) -> None:
     """Static checks of model.py: parses, no forbidden import, no absolute path."""
     try:
@@ -134,8 +121,9 @@ def check_code(source: str, report: Report) -> None:
                "find files next to model.py: os.path.join(os.path.dirname(os.path.abspath(__file__)), name)")
 
 
-def check_manifest(zf: zipfile.ZipFile, root: set, report: Report) -> None:
-    """The files are the ones the manifest lists, unchanged since the zip was built."""
+def check_manifest(zf: zipfile.ZipFile, names: set, report: Report) -> None:
+    """The files (`names`, folders included) are the ones the manifest lists, unchanged
+    since the zip was built."""
     import hashlib
 
     try:
@@ -144,8 +132,8 @@ def check_manifest(zf: zipfile.ZipFile, root: set, report: Report) -> None:
         report.add("manifest", False, f"unreadable manifest.json ({exc})", "rebuild the zip with build_submission.py")
         return
     changed = sorted(n for n, digest in listed.items()
-                     if n not in root or hashlib.sha256(zf.read(n)).hexdigest() != digest)
-    extra = sorted(root - set(listed) - {MANIFEST_NAME})
+                     if n not in names or hashlib.sha256(zf.read(n)).hexdigest() != digest)
+    extra = sorted(names - set(listed) - {MANIFEST_NAME})
     report.add("manifest", not changed and not extra,
                f"{len(listed)} files match their sha256" if not changed and not extra else
                "; ".join(filter(None, [changed and f"changed or missing since built: {', '.join(changed)}",
@@ -154,18 +142,11 @@ def check_manifest(zf: zipfile.ZipFile, root: set, report: Report) -> None:
 
 
 def check_layout(zf: zipfile.ZipFile, report: Report) -> bool:
-    """Everything at the root, model.py, specs and their weights, no .keras files.
-    Returns whether it is worth running the zip."""
+    """What this kit's model.py needs beyond what the server does (ingestion.zip_layout,
+    checked before): specs and their weights at the root, no .keras files, the manifest,
+    model.py's code. Returns whether it is worth running the zip."""
     names = [i.filename for i in zf.infolist() if not i.is_dir()]
-    nested = [n for n in names if "/" in n or "\\" in n]
-    report.add("layout", not nested,
-               f"{len(names)} files at the root" if not nested else
-               f"files inside folders: {', '.join(nested[:5])}{' ...' if len(nested) > 5 else ''}",
-               "put every file at the zip's root (build it with build_submission.py, or `zip -j`)")
     root = {n for n in names if "/" not in n}
-    has_model = report.add("model.py", "model.py" in root,
-                           "present" if "model.py" in root else "model.py is not at the zip's root",
-                           "ship model.py at the root: build the zip with build_submission.py")
     whole = [n for n in root if n.endswith(".keras")]
     report.add("no .keras files", not whole,
                "weights only" if not whole else f"{', '.join(whole)}: whole .keras files fail to load on Keras 3.4.1",
@@ -191,10 +172,10 @@ def check_layout(zf: zipfile.ZipFile, report: Report) -> bool:
                "missing weights: " + "; ".join(missing),
                "re-export the model (model.json + model.weights.h5) and rebuild with build_submission.py")
     if MANIFEST_NAME in root:
-        check_manifest(zf, root, report)
-    if has_model:
+        check_manifest(zf, set(names), report)
+    if "model.py" in root:
         check_code(zf.read("model.py").decode("utf-8", errors="replace"), report)
-    return has_model and bool(specs) and not missing and not nested
+    return bool(specs) and not missing
 
 
 # The probe calls, run in the sandbox: numpy only before the submission is imported, so
@@ -205,6 +186,12 @@ def describe(y):
     if isinstance(y, np.ndarray):
         d.update(dtype=str(y.dtype), shape=list(y.shape))
     return d
+def labels_array(y):  # what the server saves: np.asarray of it, if that is numeric
+    try:
+        y = np.asarray(y)
+    except Exception:
+        return None
+    return None if y.dtype == object else y
 status["stage"] = "import numpy"
 import numpy as np
 X = load_input("probe")
@@ -233,11 +220,11 @@ t = time.perf_counter()
 y2 = M.predict(X)
 status["second_s"] = time.perf_counter() - t
 status["y1"], status["y2"] = describe(y1), describe(y2)
-arrays = {"y1": np.asarray(y1), "y2": np.asarray(y2)}
+arrays = {"y1": labels_array(y1), "y2": labels_array(y2)}
 status["stage"] = "predict (1 image)"
-y = M.predict(X[:1]); status["one"] = describe(y)
+y = M.predict(X[:1]); status["one"] = describe(y); arrays["one"] = labels_array(y)
 status["stage"] = "predict (0 images)"
-y = M.predict(X[:0]); status["zero"] = describe(y)
+y = M.predict(X[:0]); status["zero"] = describe(y); arrays["zero"] = labels_array(y)
 if hasattr(M, "predict_proba"):
     status["stage"] = "predict_proba"
     p = M.predict_proba(X); status["proba"] = describe(p); arrays["proba"] = np.asarray(p)
@@ -257,7 +244,8 @@ for m in getattr(M, "members", []):  # each network, one view, vs the training m
     status["references"].append(str(m.get("name")))
     status.setdefault("reference_dtypes", []).append(str((m.get("spec") or {}).get("weights_dtype", "float32")))
 for name, array in arrays.items():
-    save_array(name, array)
+    if array is not None:
+        save_array(name, array)
 '''
 
 
@@ -296,25 +284,29 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
     report.add("runs", True, f"{_versions(result)}: import {result['import_s']:.1f} s, Model() {result['load_s']:.1f} s, "
                              f"first predict {result['first_s']:.1f} s")
     y1, d1 = outputs.get("y1"), result["y1"]
-    shape_ok = d1["type"] == "ndarray" and d1.get("shape") == [n]
-    report.add("output shape", shape_ok, f"{d1['type']} {d1.get('shape')} for {n} images (expected ndarray [{n}])",
-               "predict(X) must return a numpy array of shape (n,): one label per image (np.argmax(probs, axis=1))")
-    dtype_ok = d1.get("dtype", "").startswith(("int", "uint"))
-    report.add("output dtype", dtype_ok, f"{d1.get('dtype', d1['type'])} (expected an integer dtype)",
+    # the rule local_eval.py's ingestion applies (bloodcells.ingestion.label_problems)
+    problems = _label_problems(y1, d1, n)
+    if y1 is not None:
+        report.add("output shape", "shape" not in problems,
+                   problems.get("shape", f"{d1['type']} of shape {y1.shape} for {n} images"),
+                   "predict(X) must return a numpy array of shape (n,): one label per image (np.argmax(probs, axis=1))")
+    report.add("output dtype", "dtype" not in problems,
+               problems.get("dtype", f"{d1.get('dtype', d1['type'])} (integer labels, or floats with integer values)"),
                "return integer labels: .astype(np.int64)")
-    if shape_ok and y1 is not None and y1.dtype.kind in "iuf":
-        in_range = bool(np.all((y1 >= 0) & (y1 < NUM_CLASSES) & (y1 == np.round(y1))))
-        report.add("output range", in_range, f"labels in [{y1.min() if n else '-'}, {y1.max() if n else '-'}] "
-                                             f"(expected 0-{NUM_CLASSES - 1})",
+    if "shape" not in problems and "dtype" not in problems:
+        report.add("output range", "values" not in problems,
+                   problems.get("values", f"labels in [{y1.min() if n else '-'}, {y1.max() if n else '-'}] "
+                                          f"(expected 0-{NUM_CLASSES - 1})"),
                    f"return class indices 0-{NUM_CLASSES - 1}, not probabilities or one-hot rows")
     same = y1 is not None and outputs.get("y2") is not None and np.array_equal(y1, outputs["y2"])
     report.add("deterministic", same, "two calls on the same images agree" if same else
                "two calls on the same images gave different labels",
                "make predict deterministic: fixed TTA seeds, inference mode (training=False), no random ops")
     for key, size in (("one", 1), ("zero", 0)):
-        d = result[key]
-        ok = d["type"] == "ndarray" and d.get("shape") == [size]
-        report.add(f"{size} image{'s' if size != 1 else ''}", ok, f"{d['type']} {d.get('shape')}",
+        y, d = outputs.get(key), result[key]
+        problems = _label_problems(y, d, size)
+        report.add(f"{size} image{'s' if size != 1 else ''}", not problems,
+                   "; ".join(problems.values()) if problems else f"{d['type']} of shape {y.shape}",
                    f"predict must accept n = {size} and return shape ({size},)")
     proba = outputs.get("proba")
     if proba is not None:
@@ -328,17 +320,26 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
     report.add("no files written", not touched, "nothing written in the submission folder or working directory"
                if not touched else "; ".join(f"{k}: {', '.join(v[:5])}" for k, v in touched.items()),
                "model.py must only read its own files: write nothing (no logs, caches or checkpoints)")
-    per_image = result["second_s"] / max(n, 1)
-    total = result["import_s"] + result["load_s"] + result["first_s"] + per_image * limits.test_images
+    # the second call on the same images gives the rate, as --fit-budget's passes do
+    fixed, per_image = measured_costs(result["import_s"], result["load_s"], result["first_s"], n,
+                                      result["second_s"], n)
+    total = server_seconds(fixed, per_image, limits.test_images, 1.0)
     report.figures.update(per_image_s=per_image, images_per_s=1 / per_image if per_image else float("inf"),
                           extrapolated_s=total, tta=result.get("tta"))
-    server = total / limits.speedup
+    server = report.figures["server_s"] = server_seconds(fixed, per_image, limits.test_images, limits.speedup)
     report.add("time", server <= limits.time_limit_s,
                f"{per_image * 1000:.1f} ms/image here -> {limits.test_images} images in ~{total:.0f} s here"
                + (f", ~{server:.0f} s on a server {limits.speedup:g}x faster" if limits.speedup != 1 else "")
                + f" (limit {limits.time_limit_s:g} s)",
                "predict faster: fewer TTA views (--tta 4, or 1), a smaller backbone or a smaller resize_to; "
                "or set --time-limit/--test-images/--speedup to the phase's real figures")
+
+
+def _label_problems(labels, described: dict, n: int) -> dict:
+    """ingestion.label_problems of the job's array, or why the job could not hand one back."""
+    if labels is None:
+        return {"dtype": f"{described['type']} that is not a numeric array; expected shape ({n},) of integer labels"}
+    return label_problems(labels, n)
 
 
 def check_reference(result, outputs, report: Report, limits: Limits) -> None:
@@ -407,12 +408,13 @@ def validate(zip_path, python=None, limits: Limits | None = None, reference=None
     size_mb = zip_path.stat().st_size / 1e6
     report.add("size", size_mb <= limits.max_size_mb, f"{size_mb:.1f} MB (limit {limits.max_size_mb:g} MB)",
                "ship fewer or smaller models, or --half (float16 weights, half the size)")
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as exc:
-        report.add("zip", False, f"not a readable zip ({exc})", "rebuild it with build_submission.py")
+    # the layout rule local_eval.py's ingestion applies
+    names, problem = zip_layout(zip_path)
+    report.add("layout", not problem, problem or f"{len(names)} files, model.py at the root",
+               "rebuild the zip with build_submission.py (model.py at the zip's root, nothing edited after)")
+    if not names:
         return report
-    with zf, sandbox.temporary_folder("submission") as tmp:
+    with zipfile.ZipFile(zip_path) as zf, sandbox.temporary_folder("submission") as tmp:
         if not check_layout(zf, report) or not all(c.ok for c in report.checks if c.name not in ("size", "manifest")):
             report.add("runs", False, "not run: fix the problems above first", "fix the problems above, then rebuild")
             return report

@@ -103,7 +103,9 @@ def main(argv) -> None:
         images = np.load(data)["images"][:16].astype(np.float32)
         np.save(out / "training_model_probs.npy", trainer.model.predict(images, verbose=0))
         print("compute dtype", trainer.model.get_layer("head_dense").compute_dtype,
-              "weights dtype", trainer.model.get_layer("head_dense").kernel.dtype, flush=True)
+              "weights dtype", trainer.model.get_layer("head_dense").kernel.dtype,
+              "probs dtype", trainer.model.get_layer("probs").compute_dtype,
+              "optimizer", type(trainer.model.optimizer).__name__, flush=True)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -154,6 +154,31 @@ def test_stream_is_reproducible_per_seed_and_epoch(batch):
     assert not np.array_equal(a[0], c[0])
 
 
+def test_an_added_augmentation_leaves_the_other_steps_draws_unchanged(batch):
+    """Every generator is seeded from (seed, epoch, its step's name), not from its place
+    in the build: a stream with a step added before the others (stain, never applied at
+    probability 1e-9, so only its seeds could matter) is the same stream, batch mixing
+    included, and a later step alone draws the same on the same images."""
+    images, labels = batch
+    opts = {**SINGLE["geometry"], **SINGLE["randaugment"], "noise_prob": 0.5, "noise_std": 20.0,
+            "erasing_prob": 0.5, "cutmix_prob": 0.5, "mixup_prob": 0.5}
+    plain = augment.TrainingStream(images, labels, opts, seed=5, batch_size=3)
+    added = augment.TrainingStream(images, labels, {**opts, "stain": 0.3, "stain_prob": 1e-9}, seed=5, batch_size=3)
+    assert list(added.augmenter.steps) == ["flip", "rot90", "geometry", "stain", "randaugment", "noise", "erasing"]
+    for epoch in (0, 3):
+        (x, y), (x_added, y_added) = _epoch(plain, epoch), _epoch(added, epoch)
+        assert not np.array_equal(x, images[plain.default_order(epoch)])  # augmented
+        np.testing.assert_array_equal(x_added, x)
+        np.testing.assert_array_equal(y_added, y)
+    pixels = images.astype(np.float32)
+    noise = []
+    for stream in (plain, added):
+        stream.augmenter.start_epoch(2)
+        noise.append(np.asarray(stream.augmenter.steps["noise"](pixels, training=True)))
+    np.testing.assert_array_equal(noise[0], noise[1])
+    assert not np.array_equal(noise[0], pixels)
+
+
 def test_ramp_scales_probabilities_up_to_full():
     opts = augment.resolve({"ramp_epochs": 4, "ramp_start": 0.2})
     values = [augment.ramp(opts, e) for e in range(6)]

@@ -1,5 +1,6 @@
 """build_submission.py --fit-budget: the plan (views first, then the slowest members),
-and the zip it writes. Slow models are constructed as measured rates, so nothing here
+and the zip it writes; the one projection of the server's time that validation, --fit-budget
+and --select share. Slow models are constructed as measured rates, so nothing here
 depends on this machine's speed; one test measures a real tiny model."""
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ import math
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bloodcells import budget, submission
+from bloodcells import budget, ensemble_select, sandbox, submission
+from bloodcells.build import build_main
 from bloodcells.budget import Rate, plan_budget
 from bloodcells.cli import UserError
 from bloodcells.untrained import export_tiny
+from bloodcells.validation import Limits, validate
+from tests.test_shift import cell_images
 
 FAST = Rate("fast", Path("fast"), seconds_per_view=0.001, fixed_s=5.0)
 SLOW = Rate("slow", Path("slow"), seconds_per_view=0.010, fixed_s=20.0)
@@ -54,7 +59,7 @@ def exports(tmp_path_factory):
 
 def build(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        submission.build_main(argv)
+        build_main(argv)
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 
@@ -111,3 +116,41 @@ def test_measure_runs_the_shipped_model(exports):
     assert [r.name for r in rates] == ["fast"]
     assert math.isfinite(rates[0].seconds_per_view) and rates[0].seconds_per_view > 0
     assert rates[0].fixed_s > 0
+
+
+def test_validation_fit_budget_and_select_project_the_same_time(exports, tmp_path, monkeypatch):
+    # every timing job reports: import 2 s, Model() 3 s, a first call on 128 images 5 s,
+    # then 10 ms per image -> fixed 2 + 3 + (5 - 1.28) s; 1000 images on a server 2x faster:
+    projected = (2 + 3 + (5 - 1.28) + 1000 * 0.01) / 2
+    limits = Limits(probe_images=128, test_images=1000, speedup=2)
+    interpreters = []
+
+    def timed_run(folder, job, inputs, *, python=None, **_):
+        interpreters.append(python)
+        n = len(next(iter(inputs.values())))
+        labels = np.zeros(n, np.int64)
+        described = {"type": "ndarray", "dtype": "int64", "shape": [n]}
+        status = {"stage": "done", "import_s": 2.0, "load_s": 3.0, "first_s": 5.0, "first_images": 128,
+                  "pass_s": [1.28, 1.28, 1.28], "second_s": 1.28, "selection_s": 1.28, "references": [],
+                  "y1": described, "y2": described, "one": dict(described, shape=[1]),
+                  "zero": dict(described, shape=[0])}
+        arrays = {"y1": labels, "y2": labels, "one": labels[:1], "zero": labels[:0],
+                  "probabilities": np.full((n, 8), 1 / 8, np.float32)}
+        return sandbox.SandboxResult(status, arrays, returncode=0)
+
+    monkeypatch.setattr(sandbox, "run", timed_run)
+    # build_submission.py's time check
+    staged = tmp_path / "staged"
+    submission.stage(exports[:1], staged, tta=1)
+    submission.zip_folder(staged, tmp_path / "s.zip")
+    report = validate(tmp_path / "s.zip", limits=limits)
+    assert report.figures["extrapolated_s"] == pytest.approx(projected * 2), report.text()  # on this machine
+    assert report.figures["server_s"] == pytest.approx(projected)
+    # --fit-budget
+    rates = budget.measure(exports[:1], python="/server/python")
+    assert plan_budget(rates, 1, 600, 1000, speedup=2).projected_s == pytest.approx(projected)
+    # --select, with its interpreter
+    candidates = ensemble_select.measure(exports[:1], cell_images(128), np.zeros(128, int), {"tta": 1},
+                                         python="/server/python")
+    assert ensemble_select.costs(list(candidates), candidates, limits)[1] == pytest.approx(projected)
+    assert interpreters == [None, "/server/python", "/server/python"]

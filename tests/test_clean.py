@@ -10,7 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from bloodcells import clean as C
+from bloodcells import clean as CLI
+from bloodcells import cleaning as C
 from bloodcells import embeddings
 from bloodcells.cli import UserError
 from bloodcells.files import sha256_file
@@ -35,7 +36,7 @@ KNOWN_REAL_PAIRS = {
 def run(argv):
     """Run the CLI in-process; returns its exit status."""
     with pytest.raises(SystemExit) as exc:
-        C.main([str(a) for a in argv])
+        CLI.main([str(a) for a in argv])
     return exc.value.code
 
 
@@ -385,7 +386,7 @@ def test_folder_input_and_atomic_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError):
-        C.main([str(data), "--out", str(out), "--report", str(rep), "--contamination", "0"])
+        CLI.main([str(data), "--out", str(out), "--report", str(rep), "--contamination", "0"])
     assert out.read_bytes() == first  # the previous output survives an interrupted write
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 

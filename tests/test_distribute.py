@@ -1,6 +1,8 @@
-"""Training under tf.distribute: mirrored on two logical CPU devices and two local
-multi-worker processes train the one-device model (same global batch); only the chief
-writes; --resume continues from the chief's checkpoint; exports load in model.py.
+"""Training under tf.distribute and the precision options: mirrored on two logical CPU
+devices and two local multi-worker processes train the one-device model (same global
+batch); only the chief writes; --resume continues from the chief's checkpoint; mixed
+precision with XLA trains and exports float32 weights; exports load in model.py.
+(Resuming under mixed precision is tests/test_train.py's.)
 
 Every strategy run is a subprocess (tests/distributed_job.py): logical devices and a
 cluster must be configured before TensorFlow starts."""
@@ -189,7 +191,9 @@ FLOAT16_PROBS_ATOL = 1e-2
 
 def test_mixed_precision_and_xla_train_and_export_float32_weights(data, tmp_path):
     result = run_job("precision", data, tmp_path)
-    assert "compute dtype float16 weights dtype float32" in result.stdout
+    # float16 inside, float32 weights and output; compile added dynamic loss scaling
+    assert "compute dtype float16 weights dtype float32 probs dtype float32 optimizer LossScaleOptimizer" \
+        in result.stdout
     assert len(history(tmp_path / "run")) == 2
     import h5py
 

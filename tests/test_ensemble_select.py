@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from bloodcells import data as data_mod
-from bloodcells import ensemble_select, shift, submission
+from bloodcells import ensemble_select, shift
+from bloodcells.build import build_main
 from bloodcells.cli import UserError
 from bloodcells.ensemble_select import Candidate, greedy_select
 from bloodcells.untrained import export_tiny
@@ -127,7 +128,7 @@ def test_select_builds_the_zip_from_the_chosen_members(tmp_path, capsys):
     selection_file = tmp_path / "selection.npz"
     np.savez(selection_file, images=images, labels=labels)
     with pytest.raises(SystemExit) as exit_info:
-        submission.build_main(["--select", *map(str, exports), "--selection-data", str(selection_file),
+        build_main(["--select", *map(str, exports), "--selection-data", str(selection_file),
                                "--tta", "1", "--out", str(tmp_path / "sub"), "--probe-images", "8"])
     out, err = capsys.readouterr()
     assert exit_info.value.code == 0, err
@@ -136,7 +137,7 @@ def test_select_builds_the_zip_from_the_chosen_members(tmp_path, capsys):
         assert sorted(zf.namelist()) == ["alpha.json", "alpha.weights.h5", "manifest.json", "model.py"]
         assert json.loads(zf.read("alpha.json"))["tta"]["views"] == 1
     with pytest.raises(SystemExit) as exit_info:
-        submission.build_main(["--select", *map(str, exports), "--weights", str(exports[0])])
+        build_main(["--select", *map(str, exports), "--weights", str(exports[0])])
     assert exit_info.value.code == 2 and "both given" in capsys.readouterr().err
 
 

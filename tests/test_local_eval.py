@@ -1,6 +1,6 @@
-"""local_eval.py, bloodcells.ingestion and bloodcells.scoring, with tiny handmade zips
-(a model.py that predicts from pixel statistics, one that crashes, one that sleeps,
-one that returns the wrong shape...)."""
+"""local_eval.py and bloodcells.ingestion, with tiny handmade zips (a model.py that
+predicts from pixel statistics, one that crashes, one that sleeps, one that returns the
+wrong shape...); the metrics themselves are tests/test_scoring.py's."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from bloodcells import corruptions, shift, stats
-from bloodcells.ingestion import run_submission, validate_predictions
-from bloodcells.scoring import codabench_scores, confusion_matrix, family_severity_accuracy, score
+from bloodcells.ingestion import run_submission
+from bloodcells.scoring import score
 from tests.conftest import REPO, snapshot
 
 # Predicts the class written in pixel (0, 0, red) as 30 * class + 5 (or in another
@@ -83,50 +83,6 @@ def encoded_images(predictions, seed=0):
     return images
 
 
-# -- scoring --------------------------------------------------------------------------------
-
-def test_scores_match_hand_computed_values():
-    # classes 0, 1, 2 only; 6 images.  true: 0 0 0 1 1 2   predicted: 0 0 1 1 2 2
-    labels = [0, 0, 0, 1, 1, 2]
-    predicted = [0, 0, 1, 1, 2, 2]
-    m = score(labels, predicted)
-    assert m["accuracy"] == pytest.approx(4 / 6)
-    # recalls: 2/3, 1/2, 1/1 -> balanced accuracy = mean
-    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
-    # precisions: 2/2, 1/2, 1/2; F1s: 0.8, 0.5, 2/3
-    assert m["per_class"]["basophil"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
-    assert m["per_class"]["eosinophil"]["f1"] == pytest.approx(0.5)
-    assert m["per_class"]["erythroblast"]["f1"] == pytest.approx(2 / 3)
-    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
-    assert m["per_class"]["platelet"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    cm = np.array(m["confusion_matrix"])
-    assert cm.shape == (8, 8) and cm.sum() == 6
-    assert cm[0, 0] == 2 and cm[0, 1] == 1 and cm[1, 2] == 1 and cm[2, 2] == 1
-    assert codabench_scores(m, 1.5) == {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-                                        "macro_f1": m["macro_f1"], "duration": 1.5}
-
-
-def test_scores_agree_with_scikit_learn():
-    from sklearn import metrics as sk
-
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 8, 300)
-    predicted = np.where(rng.random(300) < 0.6, labels, rng.integers(0, 7, 300))  # class 7 under-predicted
-    m = score(labels, predicted)
-    assert m["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
-    assert m["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(labels, predicted))
-    assert m["macro_f1"] == pytest.approx(sk.f1_score(labels, predicted, average="macro"))
-    assert np.array_equal(confusion_matrix(labels, predicted), sk.confusion_matrix(labels, predicted, labels=range(8)))
-
-
-def test_family_severity_accuracy_counts_each_image_under_each_of_its_operations():
-    plans = [[("blur", 2)], [("blur", 2), ("jpeg", 5)], [("jpeg", 5)], []]
-    table = family_severity_accuracy([True, False, True, True], plans)
-    assert table[("blur", 2)] == (0.5, 2) and table[("blur", None)] == (0.5, 2)
-    assert table[("jpeg", 5)] == (0.5, 2)
-    assert ("noise", None) not in table
-
-
 # -- ingestion ----------------------------------------------------------------------------------
 
 def test_ingestion_runs_the_model_from_another_working_directory(pixel_zip, tmp_path):
@@ -184,12 +140,6 @@ def test_bad_zips_fail_before_running(tmp_path):
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"not a zip")
     assert run_submission(junk, {"test": encoded_images([0])}, time_limit=10).status == "bad_zip"
-
-
-def test_validate_predictions_accepts_column_and_integer_floats():
-    labels, problem = validate_predictions(np.array([[1.0], [7.0]]), 2)
-    assert problem is None and labels.dtype == np.int64 and list(labels) == [1, 7]
-    assert validate_predictions(np.array([0.5, 1.0]), 2)[1].startswith("non-integer")
 
 
 # -- local_eval.py end to end -------------------------------------------------------------------
@@ -317,6 +267,36 @@ def test_held_out_split_is_used_by_default(tmp_path, pixel_zip):
     assert result.returncode == 0, result.stderr
     assert "'val' split" in result.stdout
     assert json.loads((tmp_path / "eval" / "pixel" / "none" / "scores.json").read_text())["accuracy"] == 1.0
+
+
+def test_the_evaluation_runs_from_settings_without_a_command_line(pixel_zip, test_set, tmp_path):
+    from bloodcells.evaluate import EvalSettings, evaluate_zip
+
+    data, _, _ = test_set
+    settings = EvalSettings(zip_path=pixel_zip, data=data, profiles=("none", "none"), eval_dir=tmp_path / "eval",
+                            leaderboard_file=tmp_path / "board.csv", cache_dir=tmp_path / "cache")
+    assert settings.profiles == ("none",) and settings.seeds == (1, 2, 3)
+    done = evaluate_zip(settings)
+    assert done.ok and done.images == 24 and list(done.results) == ["none"]
+    assert done.results["none"]["accuracy"] == pytest.approx(21 / 24)
+    assert done.report == tmp_path / "eval" / "pixel" / "report.html" and done.report.exists()
+    assert done.row["zip"] == "pixel.zip" and float(done.row["acc_none"]) == pytest.approx(21 / 24)
+    assert [r["zip"] for r in done.rows] == ["pixel.zip"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("profiles", ("none", "wild"), "--profile: unknown 'wild'; expected some of none, server, second_opinion, sweep"),
+    ("time_limit", 0, "--time-limit: 0; expected a positive number of seconds"),
+    ("seeds", (1, -2), "--seeds: 1 -2; expected non-negative integers"),
+    ("sweep_images", 3, "--sweep-images: 3; expected at least 8"),
+])
+def test_eval_settings_refuse_a_bad_value_in_one_line(tmp_path, field, value, message):
+    from bloodcells.cli import UserError
+    from bloodcells.evaluate import EvalSettings
+
+    with pytest.raises(UserError) as refused:
+        EvalSettings(zip_path=tmp_path / "a.zip", data=tmp_path / "test.npz", **{field: value})
+    assert str(refused.value) == message
 
 
 # -- paired comparison ------------------------------------------------------------------------------

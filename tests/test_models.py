@@ -276,7 +276,7 @@ def test_fetch_weights_offline_is_one_line_naming_backbone_cache_and_command(tmp
     # a proxy that refuses connections: the download fails here even on a connected machine
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "3",
            "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-m", "bloodcells.models", "--backbone", "mobilenetv2",
+    result = subprocess.run([sys.executable, "-m", "bloodcells.pretrained", "--backbone", "mobilenetv2",
                              "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

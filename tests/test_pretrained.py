@@ -33,7 +33,8 @@ def _train_one_step(backbone):
     keras.utils.set_random_seed(0)
     net = models.build(spec, cfg.model.weights)
     models.unfreeze_top(net, "all", freeze_batchnorm=True)
-    net.compile(optimizer=train.make_optimizer(cfg.train, 1e-3), loss=train.make_loss(cfg.train))
+    net.compile(optimizer=train.make_optimizer(cfg.train, 1e-3), loss=train.make_loss(cfg.train),
+                jit_compile=cfg.train.xla)
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (4, 96, 96, 3)).astype(np.float32)
     net.fit(x, np.eye(8, dtype=np.float32)[[0, 3, 5, 7]], batch_size=4, epochs=1, verbose=0)

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from bloodcells import submission
+from bloodcells.build import build_main
 from bloodcells.untrained import TINY_BACKBONE, export_tiny
 from bloodcells.validation import Limits
 from tests.conftest import REPO, snapshot
@@ -29,7 +30,7 @@ def exports(tmp_path_factory):
 
 def build(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        submission.build_main([str(a) for a in argv])
+        build_main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 

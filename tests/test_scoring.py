@@ -1,12 +1,13 @@
 """bloodcells.scoring on small sets worked out by hand: which classes each average runs
-over, undefined ratios counting as 0, the confusion matrix's layout."""
+over, undefined ratios counting as 0, the confusion matrix's layout; agreement with
+scikit-learn, the flat scores.json, accuracy per corruption."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bloodcells.scoring import confusion_matrix, score
+from bloodcells.scoring import codabench_scores, confusion_matrix, family_severity_accuracy, score
 
 # Class 4 is never predicted, class 6 is predicted but absent from the labels.
 LABELS = [0, 0, 1, 4]
@@ -46,3 +47,30 @@ def test_other_class_counts_name_classes_by_number_and_bad_input_is_refused():
         score([0, 1], [0, 1, 1])
     with pytest.raises(ValueError, match="0 labels"):
         score([], [])
+
+
+def test_scores_agree_with_scikit_learn():
+    from sklearn import metrics as sk
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 8, 300)
+    predicted = np.where(rng.random(300) < 0.6, labels, rng.integers(0, 7, 300))  # class 7 under-predicted
+    m = score(labels, predicted)
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert m["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(labels, predicted))
+    assert m["macro_f1"] == pytest.approx(sk.f1_score(labels, predicted, average="macro"))
+    assert np.array_equal(confusion_matrix(labels, predicted), sk.confusion_matrix(labels, predicted, labels=range(8)))
+
+
+def test_codabench_scores_are_the_flat_headline_numbers():
+    m = score(LABELS, PREDICTED)
+    assert codabench_scores(m, 1.5) == {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+                                        "macro_f1": m["macro_f1"], "duration": 1.5}
+
+
+def test_family_severity_accuracy_counts_each_image_under_each_of_its_operations():
+    plans = [[("blur", 2)], [("blur", 2), ("jpeg", 5)], [("jpeg", 5)], []]
+    table = family_severity_accuracy([True, False, True, True], plans)
+    assert table[("blur", 2)] == (0.5, 2) and table[("blur", None)] == (0.5, 2)
+    assert table[("jpeg", 5)] == (0.5, 2)
+    assert ("noise", None) not in table

@@ -35,6 +35,84 @@ def test_none_profile_returns_an_unchanged_copy():
     assert np.array_equal(out, IMAGES) and out is not IMAGES
 
 
+# Digests (sha256, 16 hex) of apply_shift's images and describe's ops text on
+# cell_images(90, seed=5) (90 images: the sweep's 17 x 5 cycle and more), computed by the
+# shift code before the profile registry (commit b40f199) with the pinned numpy, scipy,
+# Pillow and albumentations of requirements.txt. A profile whose images or plans change
+# is a new profile: cached shifted sets and leaderboard rows would stop being comparable.
+BEFORE_REGISTRY = {
+    ("none", 0): ("1c28460be07842cb", "e5dec9887c7805c8"),
+    ("none", 1): ("1c28460be07842cb", "e5dec9887c7805c8"),
+    ("none", 2): ("1c28460be07842cb", "e5dec9887c7805c8"),
+    ("none", 3): ("1c28460be07842cb", "e5dec9887c7805c8"),
+    ("server", 0): ("a79799490633341c", "31dc26d8c1509c5a"),
+    ("server", 1): ("e00f35a90192377d", "7b8db5958d087840"),
+    ("server", 2): ("d35fcfd28a5c88e5", "78362af55cba3a39"),
+    ("server", 3): ("967a78e34f41d2c0", "df4dce75c5d1436c"),
+    ("second_opinion", 0): ("0a2a6fd4a1090172", "5cf30615e16f84c0"),
+    ("second_opinion", 1): ("1dd788d260775487", "2dfc8e1a87786bea"),
+    ("second_opinion", 2): ("095c48079ad8f0f7", "163dddc5033e41ac"),
+    ("second_opinion", 3): ("6d5b0c9c7736dae5", "dad41665e7775f51"),
+    ("sweep", 0): ("d8dfc09627fd6790", "cd5424f71bff5554"),
+    ("sweep", 1): ("0a8961d0f831e8bf", "cd5424f71bff5554"),
+    ("sweep", 2): ("2dd0c433e472ee68", "cd5424f71bff5554"),
+    ("sweep", 3): ("81aa607d705ce0ed", "cd5424f71bff5554"),
+}
+DIGEST_IMAGES = cell_images(90, seed=5)
+
+
+def _digest(images_or_texts) -> str:
+    import hashlib
+
+    if isinstance(images_or_texts, np.ndarray):
+        data = images_or_texts.tobytes()
+    else:
+        data = "\n".join(images_or_texts).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _digests(profile: str, seed: int) -> tuple[str, str]:
+    return (_digest(shift.apply_shift(DIGEST_IMAGES, profile, seed)),
+            _digest(shift.describe(len(DIGEST_IMAGES), profile, seed)))
+
+
+def test_every_profile_shifts_images_byte_for_byte_as_before_the_registry():
+    assert {profile for profile, _ in BEFORE_REGISTRY} == set(shift.PROFILES)
+    now = {key: _digests(*key) for key in BEFORE_REGISTRY}
+    changed = {key: digests for key, digests in now.items() if digests != BEFORE_REGISTRY[key]}
+    assert not changed, f"(images, ops) digests changed: {changed}"
+
+
+def test_the_digests_catch_a_changed_plan(monkeypatch):
+    import dataclasses
+
+    server = shift.REGISTRY["server"]
+    milder = dataclasses.replace(server, plan=lambda i, seed: [(f, max(1, s - 1)) for f, s in server.plan(i, seed)])
+    monkeypatch.setitem(shift.REGISTRY, "server", milder)
+    images, ops = _digests("server", 1)
+    assert images != BEFORE_REGISTRY[("server", 1)][0] and ops != BEFORE_REGISTRY[("server", 1)][1]
+
+
+def test_ops_text_round_trips_and_set_names():
+    plan = [("blur", 3), ("jpeg", 2)]
+    assert shift.encode_ops(plan) == "blur:3+jpeg:2" and shift.decode_ops("blur:3+jpeg:2") == plan
+    assert shift.encode_ops([]) == "" and shift.decode_ops("") == []
+    for i in range(30):
+        steps = shift.plan(i, "server", 4)
+        assert shift.decode_ops(shift.encode_ops(steps)) == steps
+    with pytest.raises(ValueError, match="'blur' is not family:severity"):
+        shift.decode_ops("blur")
+    assert shift.set_name("server", 2) == "server_seed2" and shift.set_name("none", None) == "none"
+
+
+def test_registry_is_the_one_list_of_profiles():
+    assert shift.PROFILES == ("none", "server", "second_opinion", "sweep")
+    assert shift.TRAINING_PROFILES == ("none", "server", "sweep")
+    assert [shift.label(p) for p in shift.PROFILES] == ["clean", "server-like", "second_opinion", "sweep"]
+    assert shift.label("retired") == "retired"
+    assert shift.families("none") == () and shift.families("sweep") == corruptions.FAMILIES
+
+
 @pytest.mark.parametrize("profile", ["server", "sweep"])
 def test_same_seed_same_images_other_seed_other_images(profile):
     a = shift.apply_shift(IMAGES, profile, seed=7)
