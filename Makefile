@@ -31,6 +31,7 @@ SEED ?= 0
 
 # The server's versions (requirements-server.txt: TensorFlow 2.17, Keras 3.4.1), built once.
 SERVER_VENV ?= .venv-server
+TEST_WORKERS ?= 2
 SERVER_PY := $(SERVER_VENV)/bin/python
 
 # The demo: synthetic data made by our own code, a tiny CPU model, offline.
@@ -61,8 +62,10 @@ $(VENV)/.installed-test: requirements-test.txt $(INSTALLED)
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $@
 
+# Each test file runs whole in one worker (its module fixtures built once); TEST_WORKERS=1 runs
+# the suite in this process, in order.
 test: $(INSTALLED) $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # -- demo: clean -> train -> submission/*.zip -> local evaluation -> leaderboard line, then a
 #    second zip (the same weights, one view) compared with the first on the same images ------
