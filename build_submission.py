@@ -6,7 +6,7 @@
     python build_submission.py --check submission/submission_YYMMDD_HHMMSS.zip [--python .venv-server/bin/python]
 
 The zip's path is the last line printed. The command: bloodcells/build.py (packaging:
-bloodcells/submission.py; the checks: bloodcells/validation.py).
+bloodcells/submission.py; the checks: bloodcells/preflight.py).
 """
 
 from bloodcells.build import build_main

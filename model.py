@@ -232,7 +232,7 @@ def build_network(spec):
     """Backbone -> GAP -> Dense -> BN -> ReLU -> Dropout -> Dense(8) logits -> softmax.
 
     `spec` is the exported JSON as a dict. The backbone is built with weights=None: training
-    builds this same graph and loads its pretrained weights into it (bloodcells.models)."""
+    builds this same graph and loads its pretrained weights into it (bloodcells.network)."""
     name = spec["backbone"].lower()
     if spec.get("format", SPEC_FORMAT) == LEGACY_FORMAT and build_dependent(name):
         raise ValueError(f"{spec.get('name', name)}: exported as {LEGACY_FORMAT}, whose {name} may lack the stem "

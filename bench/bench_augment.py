@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from bloodcells import augment, models, train  # noqa: E402
+from bloodcells import augment, network, train  # noqa: E402
 from bloodcells.config import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,9 +55,9 @@ def train_rate(cfg, images, labels, batch_size, steps):
     import keras
     import tensorflow as tf
 
-    spec = models.make_spec(cfg.model)
-    net = models.build(spec, "none")
-    models.unfreeze_top(net, "all", freeze_batchnorm=False)
+    spec = network.make_spec(cfg.model)
+    net = network.build(spec, "none")
+    network.unfreeze_top(net, "all", freeze_batchnorm=False)
     net.compile(optimizer=train.make_optimizer(cfg.train, 1e-3), loss=train.make_loss(cfg.train),
                 metrics=["accuracy"])
     x = images[:batch_size].astype(np.float32)

@@ -54,7 +54,7 @@ def predict(net, images: np.ndarray, batch: int, batch_stats: bool, order: np.nd
 def main() -> int:
     import keras
 
-    from bloodcells import models, second_opinion
+    from bloodcells import network, second_opinion
     from bloodcells.shift import apply_shift
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -70,7 +70,7 @@ def main() -> int:
         print(f"skip: real data not found at {args.data}")
         return 0
     images, labels = selection_split(args.data, args.val_fraction, args.seed)
-    net, _ = models.load_exported(args.weights)
+    net, _ = network.load_exported(args.weights)
     saved = [v.numpy() for v in net.weights]
     # Batch statistics without the head's dropout: training=True would also drop units.
     for layer in net._flatten_layers(include_self=False, recursive=True):

@@ -201,7 +201,7 @@ def throughput(which: str, args, tmp: Path) -> dict:
 def table(results: list, args, load_before: float) -> str:
     cores = os.cpu_count() or 1
     busy_before = load_before / cores > IDLE_LOAD
-    lines = [f"| network | path | best rows/s | median | range | images/s (best) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| network | path | best rows/s | median | range | images/s (best) |", "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for path, v in r["rates"].items():
             name = {"limit": f"limit: {args.views} plain passes", "tta": f"TTA {args.views} views (model.py)"}.get(path) \

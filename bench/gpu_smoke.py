@@ -76,23 +76,23 @@ def reset_memory(device: str | None) -> None:
 def bench_size(cfg, size: int, args, device: str | None) -> dict:
     import keras
 
-    from bloodcells import augment, models, train
+    from bloodcells import augment, network, train
     from bloodcells.distribute import make_strategy, precision_policy
     from bloodcells.epochs import epoch_batches
     from bloodcells.submission import stage
-    from bloodcells.validation import probe_images
+    from bloodcells.preflight import probe_images
 
     model_cfg = dataclasses.replace(cfg.model, resize_to=0 if size == 96 else size)
     t = dataclasses.replace(cfg.train, batch_size=args.batch, mixed_precision=True, xla=True)
     strategy = make_strategy(t.strategy, t.tpu)
     keras.mixed_precision.set_global_policy(precision_policy(t.mixed_precision, strategy))
     keras.utils.set_random_seed(0)
-    spec = models.make_spec(model_cfg, name=f"smoke_{size}")
+    spec = network.make_spec(model_cfg, name=f"smoke_{size}")
     reset_memory(device)
     started = time.perf_counter()
     with strategy.scope():
-        net = models.build(spec, model_cfg.weights)
-        models.unfreeze_top(net, "all", freeze_batchnorm=True)
+        net = network.build(spec, model_cfg.weights)
+        network.unfreeze_top(net, "all", freeze_batchnorm=True)
         net.compile(optimizer=train.make_optimizer(t, 1e-4), loss=train.make_loss(t), metrics=["accuracy"],
                     jit_compile=True)
 
@@ -100,7 +100,7 @@ def bench_size(cfg, size: int, args, device: str | None) -> dict:
     n = args.batch * (WARMUP_STEPS + args.train_steps)
     images = probe_images(min(n, 256), seed=0)[rng.integers(0, min(n, 256), n)]
     labels = rng.integers(0, 8, n)
-    with models.float32_policy():
+    with network.float32_policy():
         stream = augment.TrainingStream(images, labels, cfg.augment, seed=0, batch_size=args.batch)
     batches = iter(stream.epochs([0]))
     warm = epoch_batches(batches, WARMUP_STEPS)
@@ -115,7 +115,7 @@ def bench_size(cfg, size: int, args, device: str | None) -> dict:
     train_mem = gpu_memory_mb(device)
 
     with tempfile.TemporaryDirectory() as tmp:
-        models.export(net, spec, Path(tmp) / "export")
+        network.export(net, spec, Path(tmp) / "export")
         stage([Path(tmp) / "export"], Path(tmp) / "shipped", tta=10)
         keras.mixed_precision.set_global_policy("float32")  # the server's model.py runs in float32
         location = importlib.util.spec_from_file_location(f"shipped_{size}", Path(tmp) / "shipped" / "model.py")

@@ -472,7 +472,7 @@ def sample_batch(stream: TrainingStream, epoch: int = 0, n: int = 40):
 
 def save_augmentation_grid(path, stream: TrainingStream, *, epoch: int = 0, n: int = 40) -> None:
     """PNG grid of augmented training samples with their (possibly mixed) labels."""
-    from .report import SHORT_NAMES, save_image_grid
+    from .figures import SHORT_NAMES, save_image_grid
 
     x, y = sample_batch(stream, epoch=epoch, n=n)
     titles = []

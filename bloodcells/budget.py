@@ -149,7 +149,7 @@ def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int
     import statistics
 
     from bloodcells.cli import Progress
-    from bloodcells.models import read_export
+    from bloodcells.network import read_export
     from bloodcells.submission import stage
     from bloodcells.shipped import probe_images
 
@@ -178,7 +178,7 @@ def measure(weights_dirs, python=None, images: int = MEASURE_IMAGES, passes: int
 
 def max_views_for(weights_dirs, tta=None, tta_mode=None) -> int:
     """The views the plan may not exceed: --tta, else the largest of the exports' own."""
-    from bloodcells.models import read_export, shipped_model_module
+    from bloodcells.network import read_export, shipped_model_module
 
     if tta is not None:
         return int(tta)

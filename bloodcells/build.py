@@ -1,6 +1,6 @@
 """build_submission.py's command: zip model.py and exported weights (bloodcells.submission),
 members chosen by --select (bloodcells.ensemble_select), TTA views fitted to the time limit by
---fit-budget (bloodcells.budget), and the zip checked before it is kept (bloodcells.validation).
+--fit-budget (bloodcells.budget), and the zip checked before it is kept (bloodcells.preflight).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bloodcells.cli import UserError, check_output_folder, run_cli
 from bloodcells.shipped import REPO_ROOT
 from bloodcells.submission import (check_export, locked_temporary_zip, remove_stale_zips, stage, submission_path,
                                    zip_folder)
-from bloodcells.validation import Limits, Report, validate
+from bloodcells.preflight import Limits, Report, validate
 
 
 def _default_weights() -> list[Path]:

@@ -119,7 +119,7 @@ def load_weights_npz(model, path) -> None:
     with np.load(path, allow_pickle=False) as archive:
         values = [archive[k] for k in sorted(archive.files)]
     assign_variables(model.variables, values, str(path))
-    from .models import finalize_states
+    from .network import finalize_states
     finalize_states(model)
 
 
@@ -137,7 +137,7 @@ def assign_variables(variables, values, what: str) -> None:
 def check_resume(run_info: dict, data_sha256: str, data_path, state: RunState, model_cfg) -> None:
     """--resume continues the run it was started as: same data (sha256), and a run whose
     checkpoint predates the shipped-network fix must not continue on a different graph."""
-    from .models import SPEC_FORMAT, shipped_model_module
+    from .network import SPEC_FORMAT, shipped_model_module
 
     saved = run_info.get("data_sha256")
     if saved and saved != data_sha256:

@@ -49,12 +49,12 @@ def summarize(result: CleanResult, labels: np.ndarray, *, source: str, input_sha
 def write_report(folder, result: CleanResult, images: np.ndarray, labels: np.ndarray, summary: dict,
                  max_pairs_per_page: int = 100) -> list[Path]:
     """removed.csv, flagged.csv, summary.json and PNGs into `folder`; returns the files."""
-    from . import report
+    from . import figures
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    short = report.SHORT_NAMES
+    short = figures.SHORT_NAMES
 
     kept_of = {g.id: g.kept for g in result.groups}
     sim_of = _pair_similarity_lookup(result)
@@ -85,7 +85,7 @@ def write_report(folder, result: CleanResult, images: np.ndarray, labels: np.nda
     # One figure per fabricated group: the picture and the spread of its labels.
     for g in (g for g in result.groups if g.kind == FABRICATED):
         path = folder / f"group_{g.id}_fabricated.png"
-        report.save_group_spread(path, images[g.members[0]], np.bincount(labels[g.members], minlength=NUM_CLASSES),
+        figures.save_group_spread(path, images[g.members[0]], np.bincount(labels[g.members], minlength=NUM_CLASSES),
                                  title=f"Fabricated group {g.id}: {len(g.members)} identical copies "
                                        f"(first #{g.members[0]}), all removed")
         written.append(path)
@@ -108,7 +108,7 @@ def write_report(folder, result: CleanResult, images: np.ndarray, labels: np.nda
             sl = slice(start, start + 2 * max_pairs_per_page)
             suffix = f"_{page + 1}" if len(tiles) > 2 * max_pairs_per_page else ""
             path = folder / f"{name}{suffix}.png"
-            report.save_tile_grid(path, images[np.array(tiles[sl])], titles[sl], ncols=10,
+            figures.save_tile_grid(path, images[np.array(tiles[sl])], titles[sl], ncols=10,
                                   colors=colours[sl], max_images=2 * max_pairs_per_page,
                                   title=f"{name.replace('_', ' ')}: pairs side by side, green kept, red removed"
                                         + ("\ncaption: group #index class cosine" if kind == NEAR_DUPLICATE else ""))
@@ -117,7 +117,7 @@ def write_report(folder, result: CleanResult, images: np.ndarray, labels: np.nda
     idx = result.outlier_index[:100]
     path = folder / "outliers.png"
     verb = "removed" if result.dropped_outliers else "flagged, kept (use --drop-outliers to remove)"
-    report.save_tile_grid(path, images[idx], [f"#{i} {short[labels[i]]} {result.outlier_score[i]:.3f}" for i in idx],
+    figures.save_tile_grid(path, images[idx], [f"#{i} {short[labels[i]]} {result.outlier_score[i]:.3f}" for i in idx],
                           ncols=10, title=f"Isolation Forest outliers ({len(result.outlier_index)}, most "
                                            f"anomalous first): {verb}")
     written.append(path)
@@ -125,7 +125,7 @@ def write_report(folder, result: CleanResult, images: np.ndarray, labels: np.nda
     path = folder / "class_counts.png"
     series = {"before": np.bincount(labels, minlength=NUM_CLASSES),
               "after": np.bincount(labels[result.keep], minlength=NUM_CLASSES)}
-    report.save_class_bars(path, series, title="Images per class, before and after cleaning")
+    figures.save_class_bars(path, series, title="Images per class, before and after cleaning")
     written.append(path)
     return written
 

@@ -117,11 +117,11 @@ def gap_embedder(source: str, backbone_weights: str | None = "imagenet"):
     may be None to build it untrained, e.g. in tests)."""
     import keras
 
-    from . import models
+    from . import network
 
-    model_py = models.shipped_model_module()
+    model_py = network.shipped_model_module()
     if Path(source).is_dir():
-        network, _ = models.load_exported(source)
+        network, _ = network.load_exported(source)
     else:
         name = source.lower()
         if name not in model_py.BACKBONES or model_py.BACKBONES[name][0] is None:
@@ -130,7 +130,7 @@ def gap_embedder(source: str, backbone_weights: str | None = "imagenet"):
                             f"expected 'descriptor', an exported model folder, or one of {', '.join(choices)}")
         spec = {"backbone": name, "input_size": IMAGE_SIZE, "num_classes": NUM_CLASSES}
         try:
-            network = models.build(spec, weights=backbone_weights)
+            network = network.build(spec, weights=backbone_weights)
         except UserError:
             raise
         except Exception as exc:  # no network: the weight download fails

@@ -7,7 +7,7 @@ timed as validation and --fit-budget time a zip); then, starting from an empty e
 step adds the candidate - possibly one already in - whose addition gives the highest
 accuracy of the averaged probabilities, and selection stops when no addition improves
 it or every improving one would break the time or size limit the validator checks
-(bloodcells.validation.Limits). A member chosen k times ships k times: model.py
+(bloodcells.preflight.Limits). A member chosen k times ships k times: model.py
 averages its members equally, so that is its weight, and it costs k times.
 
 The selection split must be one nothing is reported on: the held-out test (a MedMNIST
@@ -185,7 +185,7 @@ def select_for_build(args, limits) -> list[Path]:
     if not args.selection_data:
         raise UserError("--select: needs --selection-data FILE (and --selection-split for a MedMNIST file); "
                         "expected a labelled selection set that is not the test set")
-    from .models import read_export
+    from .network import read_export
 
     for w in args.select:
         read_export(w)

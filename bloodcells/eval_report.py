@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import report, shift
-from .report import percent
+from . import figures, shift
+from .figures import percent
 
 
 def worst_families_text(m: dict) -> str:
@@ -46,13 +46,13 @@ def write_report(eval_dir: Path, zip_name: str, zip_sha: str) -> Path:
             section.update({"text": f"FAILED ({m['status']}): {m['message']}", "class": "failed",
                             "pre": _tail(eval_dir / profile / "ingestion.log")})
         else:
-            figures = [(f"{profile}/{name}", caption) for name, caption in (
+            pictures = [(f"{profile}/{name}", caption) for name, caption in (
                 ("confusion.png", "Confusion matrix: rows true, columns predicted"),
                 ("wrong.png", "Wrong guesses with true (t) and predicted (p) class, most confident first"),
                 ("confidence.png", "Predictions sorted by confidence, misclassified marked"),
                 ("families.png", "Accuracy per corruption family and severity"))
                 if (eval_dir / profile / name).exists()]
-            section["figures"] = figures
+            section["figures"] = pictures
             tables = []
             if "per_class" in m:
                 caption = "Per class" + (" (first shift seed)" if len(m.get("sets") or {}) > 1 else "")
@@ -77,7 +77,7 @@ def write_report(eval_dir: Path, zip_name: str, zip_sha: str) -> Path:
             section["tables"] = tables
         sections.append(section)
     path = eval_dir / "report.html"
-    report.write_html_report(path, f"Local evaluation of {zip_name}", summary, sections,
+    figures.write_html_report(path, f"Local evaluation of {zip_name}", summary, sections,
                              notes=[f"zip sha256 {zip_sha}", PROFILES_NOTE, INTERVALS_NOTE])
     return path
 

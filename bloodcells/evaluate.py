@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import corruptions, report, sandbox, shift, stats
+from . import corruptions, figures, sandbox, shift, stats
 from . import leaderboard as board
 from .cli import UserError, check_output_file, check_output_folder
 from .corruptions import FAMILIES, SEVERITIES
@@ -353,16 +353,16 @@ def evaluate_profile(run: EvalRun, profile: str) -> dict:
     _write_predictions(out / "predictions.csv", data.labels, names, origin, predictions,
                        {name: result.probabilities.get(name) for name in names}, plans)
     shown = "" if len(names) == 1 else f", seed {origin[first]['seed']}"
-    report.save_confusion_matrix(out / "confusion.png", np.asarray(metrics["confusion_matrix"]),
+    figures.save_confusion_matrix(out / "confusion.png", np.asarray(metrics["confusion_matrix"]),
                                  title=f"Confusion matrix, {profile}{shown} (accuracy "
                                        f"{100 * per_set[first]['accuracy']:.1f} %)")
-    report.save_wrong_guesses(out / "wrong.png", sets[first], data.labels, predictions[0], confidence,
+    figures.save_wrong_guesses(out / "wrong.png", sets[first], data.labels, predictions[0], confidence,
                               title=f"Wrong guesses, {profile}{shown}")
     if confidence is not None:
-        report.save_confidence_plot(out / "confidence.png", confidence, correct[0],
+        figures.save_confidence_plot(out / "confidence.png", confidence, correct[0],
                                     title=f"Predictions sorted by confidence, {profile}{shown}")
     if "families" in metrics:
-        report.save_family_accuracy(out / "families.png", metrics["families"],
+        figures.save_family_accuracy(out / "families.png", metrics["families"],
                                     title=f"{profile}: accuracy of the images each family touched"
                                           + (f" ({len(names)} draws)" if len(names) > 1 else ""),
                                     reference=run.clean_accuracy)
@@ -452,7 +452,7 @@ def evaluate_sweep(run: EvalRun) -> dict:
     lines = ["family,severity,accuracy,n"] + [f"{f},{s},{table[f][s][0]:.4f},{len(index)}"
                                               for f in FAMILIES for s in SEVERITIES]
     write_text_atomic(out / "sweep.csv", "\n".join(lines) + "\n")
-    report.save_family_accuracy(out / "families.png", table, reference=accuracy["clean"],
+    figures.save_family_accuracy(out / "families.png", table, reference=accuracy["clean"],
                                 title=f"Sweep: accuracy per family and severity ({len(index)} images each)")
     low, high = metrics["accuracy_ci"]
     print(f"sweep: mean accuracy over corruptions {100 * metrics['accuracy']:.1f} % [{100 * low:.1f}, "

@@ -10,7 +10,7 @@ crashes or runs past the time limit fails here as it would on the server.
 
 `run_submission(zip, {set name: images}, time_limit)` -> `IngestionResult`.
 `zip_layout` and `label_problems` define what the server accepts, once: build_submission.py's
-checks (bloodcells.validation) apply the same two.
+checks (bloodcells.preflight) apply the same two.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import numpy as np
 from . import shift, stats
 from .cli import UserError
 from .files import atomic_path
-from .report import cell_text, percent
+from .figures import cell_text, percent
 
 BASE_COLUMNS = ("time", "zip", "zip_sha256", "status", "data", "data_sha256", "seed", "shift_code",
                 "eval_dir", "init_seconds", "run_seconds", "server_score")

@@ -1,7 +1,7 @@
 """Run a submission's `model.py` the way the competition server does, and hand results back.
 
 One runner for every job that must run a submission in isolation: local evaluation
-(bloodcells.ingestion), build validation (bloodcells.validation), --fit-budget timing
+(bloodcells.ingestion), build validation (bloodcells.preflight), --fit-budget timing
 (bloodcells.budget) and --select's candidates (bloodcells.ensemble_select). Each run gets a fresh temporary folder, a fresh interpreter (any
 Python, e.g. the server-pinned .venv-server), a working directory that is not the
 submission folder, `sys.path` with the submission folder first (as Codabench's ingestion
@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import UserError
 
 PRELUDE = r'''
 import json, os, sys, time, traceback

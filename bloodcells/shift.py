@@ -196,7 +196,7 @@ def describe(n: int, profile: str, seed: int = 0) -> list[str]:
 def save_preview(path, clean, shifted, labels=None, captions=None, pairs: int = 40, ncols: int = 10,
                  title: str | None = None) -> None:
     """Grid of (clean, shifted) pairs side by side; captions name the operations."""
-    from .report import class_caption, save_image_grid
+    from .figures import class_caption, save_image_grid
 
     n = min(pairs, len(clean))
     images, titles = [], []
@@ -213,7 +213,7 @@ def save_sweep_preview(path, image, seed: int = 0, title: str | None = None, pro
     """Every family of a profile (rows) at every severity (columns), clean first. `image`
     is one image, or several (N, H, W, 3): row r then shows image r mod N (so a grid
     shows every class), captioned with its class when labels are given."""
-    from .report import class_caption, save_image_grid
+    from .figures import class_caption, save_image_grid
 
     chosen = get(profile)
     pool = image[None] if image.ndim == 3 else image

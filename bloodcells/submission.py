@@ -21,7 +21,7 @@ import numpy as np
 
 from bloodcells.cli import UserError
 from bloodcells.files import sha256_file
-from bloodcells.models import read_export, shipped_model_module
+from bloodcells.network import read_export, shipped_model_module
 from bloodcells.shipped import MODEL_PY
 
 MANIFEST_NAME = shipped_model_module().MANIFEST_NAME

@@ -172,7 +172,7 @@ def _check_writable(path: Path, option: str, suffix: str) -> None:
 def preview_grid(synth: SynthSet, per_row: int = 10):
     """Images and captions for a preview: a row of clean samples per class, then a row
     of each kind of contaminant present."""
-    from .report import SHORT_NAMES
+    from .figures import SHORT_NAMES
 
     images, titles = [], []
     for label in range(NUM_CLASSES):
@@ -200,7 +200,7 @@ def preview_grid(synth: SynthSet, per_row: int = 10):
 
 
 def format_counts(synth: SynthSet) -> str:
-    from .report import SHORT_NAMES
+    from .figures import SHORT_NAMES
 
     lines = [f"{'kind':<16}" + "".join(f"{s:>6}" for s in SHORT_NAMES) + f"{'total':>8}"]
     for kind, row in synth.counts().items():
@@ -245,7 +245,7 @@ def main(argv=None):
     try:
         save_npz_atomic(out, images=synth.images, labels=synth.labels)
         if preview is not None:
-            from .report import save_image_grid
+            from .figures import save_image_grid
 
             grid, titles = preview_grid(synth)
             save_image_grid(preview, grid, titles, ncols=10, max_images=len(grid),

@@ -290,7 +290,7 @@ class Trainer:
         either (start_phase assigns the checkpoint's)."""
         import keras
 
-        from . import models
+        from . import network
         from .pretrained import set_weights_cache
 
         cfg = self.cfg
@@ -298,12 +298,12 @@ class Trainer:
             set_weights_cache(cfg.model.cache_dir)
         keras.utils.set_random_seed(self.seed)
         keras.mixed_precision.set_global_policy(precision_policy(cfg.train.mixed_precision, self.strategy))
-        self.spec = models.make_spec(cfg.model, name=cfg.name, source_run=str(self.out))
+        self.spec = network.make_spec(cfg.model, name=cfg.name, source_run=str(self.out))
         with self.strategy.scope():
-            self.model = models.build(self.spec, cfg.model.weights if not self.resume else None,
+            self.model = network.build(self.spec, cfg.model.weights if not self.resume else None,
                                       cfg.model.cache_dir or None)
             if cfg.model.init_from and not self.resume:
-                models.load_into(self.model, self.spec, cfg.model.init_from)
+                network.load_into(self.model, self.spec, cfg.model.init_from)
                 self.log(f"init: weights from {cfg.model.init_from}")
         synchronize_batchnorm(self.model, self.strategy)
         uncapture_multiworker_strategy(self.model, self.strategy)
@@ -328,11 +328,11 @@ class Trainer:
     def build_augmentation(self) -> None:
         """The run's augmented training stream (with per-image class weights if
         data.imbalance asks) and its preview, augmentation.png."""
-        from . import models
+        from . import network
 
         cfg = self.cfg
         weights = class_weights(self.train.labels)[self.train.labels] if cfg.data.imbalance == "class_weights" else None
-        with models.float32_policy():  # mixed_float16 would make the augmentation layers mix dtypes
+        with network.float32_policy():  # mixed_float16 would make the augmentation layers mix dtypes
             self.augmentation = augment_mod.TrainingStream(self.train.images, self.train.labels, cfg.augment,
                                                            seed=self.seed, batch_size=cfg.train.batch_size,
                                                            weights=weights)
@@ -341,10 +341,10 @@ class Trainer:
     def initial_state(self, data_sha256: str) -> RunState:
         """A new RunState; on --resume the checkpoint's, once check_resume accepts the
         run (its variables are kept for start_phase)."""
-        from . import models
+        from . import network
 
         if not self.resume:
-            return RunState(spec_format=models.SPEC_FORMAT)
+            return RunState(spec_format=network.SPEC_FORMAT)
         state, model_vars, opt_vars = read_checkpoint(self.checkpoint_path)
         check_resume(json.loads((self.run_folder / "config.json").read_text()), data_sha256, self.data_path,
                      state, self.cfg.model)
@@ -366,13 +366,13 @@ class Trainer:
     def start_phase(self, state: RunState) -> _Phase:
         """Freeze or unfreeze, a fresh optimiser, the checkpoint's variables on resume,
         and one augmentation pipeline for the rest of the phase."""
-        from . import models
+        from . import network
 
         name, pcfg = self.cfg.phases()[state.phase_index]
         if name == "phase1":
-            models.freeze_backbone(self.model)
+            network.freeze_backbone(self.model)
         else:
-            models.unfreeze_top(self.model, pcfg.unfreeze, pcfg.freeze_batchnorm)
+            network.unfreeze_top(self.model, pcfg.unfreeze, pcfg.freeze_batchnorm)
         self.compile(pcfg.lr)
         if self.restored is not None:
             self.restore_checkpoint_variables()
@@ -392,11 +392,11 @@ class Trainer:
 
     def restore_checkpoint_variables(self) -> None:
         """The checkpoint's model and optimiser variables (once, in the first phase run)."""
-        from . import models
+        from . import network
 
         model_vars, opt_vars = self.restored
         assign_variables(self.model.variables, model_vars, f"{self.checkpoint_path}: model")
-        models.finalize_states(self.model)
+        network.finalize_states(self.model)
         if opt_vars:
             with self.strategy.scope():  # distributed optimizer variables
                 self.optimizer.build(self.model.trainable_variables)
@@ -471,8 +471,8 @@ class Trainer:
     def finish(self, state: RunState) -> dict:
         """The best epoch's weights (EarlyStopping's restore_best_weights) measured once
         more: metrics.json, the figures, and the export."""
-        from . import models
-        from .report import save_confusion_matrix, save_curves
+        from . import network
+        from .figures import save_confusion_matrix, save_curves
 
         cfg = self.cfg
         load_weights_npz(self.model, self.best_path)
@@ -496,7 +496,7 @@ class Trainer:
         save_confusion_matrix(self.out / "confusion.png", shifted["confusion"],
                               title=f"Shifted validation ({cfg.shift.profile}), best epoch")
         if self.export_dir:
-            models.export(self.model, self.spec, self.export_dir)
+            network.export(self.model, self.spec, self.export_dir)
             self.log(f"export: {self.export_dir}/model.json + model.weights.h5")
         self.metrics = metrics
         if self.scratch is not None:

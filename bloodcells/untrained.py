@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from bloodcells.cli import run_cli
-from bloodcells.models import export, make_spec, shipped_model_module
+from bloodcells.network import export, make_spec, shipped_model_module
 
 
 def default_spec(**overrides) -> dict:

@@ -18,7 +18,7 @@ from bloodcells.build import build_main
 from bloodcells.budget import Rate, plan_budget
 from bloodcells.cli import UserError
 from bloodcells.untrained import export_tiny
-from bloodcells.validation import Limits, validate
+from bloodcells.preflight import Limits, validate
 from tests.test_shift import cell_images
 
 FAST = Rate("fast", Path("fast"), seconds_per_view=0.001, fixed_s=5.0)

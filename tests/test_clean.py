@@ -395,8 +395,8 @@ def test_folder_input_and_atomic_output(tmp_path, monkeypatch):
 
 def test_embedding_from_an_exported_model_and_a_backbone(tmp_path, monkeypatch):
     keras = pytest.importorskip("keras")
-    from bloodcells import models
-    model_py = models.shipped_model_module()
+    from bloodcells import network
+    model_py = network.shipped_model_module()
     spec = {"format": "bloodcells-model/1", "name": "tiny", "weights_file": "model.weights.h5",
             "backbone": "small_cnn", "backbone_options": {"widths": [4, 8], "convs_per_block": 1},
             "input_size": 96, "resize_to": None, "num_classes": 8,

@@ -124,7 +124,7 @@ def test_every_augment_option_has_a_range_and_the_defaults_are_in_it():
 
 
 def test_model_py_stays_the_one_source_of_its_constants():
-    from bloodcells.models import shipped_model_module
+    from bloodcells.network import shipped_model_module
 
     model = shipped_model_module()
     constants = shipped_constants()

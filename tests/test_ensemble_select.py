@@ -16,7 +16,7 @@ from bloodcells.build import build_main
 from bloodcells.cli import UserError
 from bloodcells.ensemble_select import Candidate, greedy_select
 from bloodcells.untrained import export_tiny
-from bloodcells.validation import Limits
+from bloodcells.preflight import Limits
 from tests.test_shift import cell_images
 
 N = 100

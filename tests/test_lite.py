@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bloodcells import lite_weights, models
+from bloodcells import lite_weights, network
 from bloodcells.cli import UserError
 from bloodcells.torch_pickle import read_state_dict
 
@@ -132,14 +132,14 @@ def test_a_broken_conversion_fails_the_photograph_check(monkeypatch, breakage):
                                                        ("efficientnet_lite2", 21, 352)])
 def test_lite_architectures_match_their_checkpoints_layout(backbone, blocks, head_in):
     # blocks and head widths as in the registry's checkpoints (their _blocks.N and _conv_head)
-    net = models.shipped_model_module().efficientnet_lite(backbone, (96, 96, 3))
+    net = network.shipped_model_module().efficientnet_lite(backbone, (96, 96, 3))
     assert sum(layer.name.endswith("_dwconv") for layer in net.layers) == blocks
     assert net.get_layer("top_conv").kernel.shape == (1, 1, head_in, 1280)
     assert not any("se_" in layer.name for layer in net.layers)
 
 
 def test_conversion_checks_every_tensor(checkpoint):
-    net = models.shipped_model_module().efficientnet_lite("efficientnet_lite0", (96, 96, 3))
+    net = network.shipped_model_module().efficientnet_lite("efficientnet_lite0", (96, 96, 3))
     state = read_state_dict(checkpoint)
     missing = {k: v for k, v in state.items() if k != "_blocks.3._bn1.running_var"}
     with pytest.raises(UserError, match=r"_blocks.3._bn1.running_var: missing; expected it for Keras layer block3a_bn"):
@@ -150,7 +150,7 @@ def test_conversion_checks_every_tensor(checkpoint):
     extra = {**state, "_blocks.16._bn1.weight": np.zeros(3, np.float32)}
     with pytest.raises(UserError, match=r"_blocks.16._bn1.weight: not used"):
         lite_weights.assign_checkpoint(net, extra, checkpoint)
-    other = models.shipped_model_module().efficientnet_lite("efficientnet_lite2", (96, 96, 3))
+    other = network.shipped_model_module().efficientnet_lite("efficientnet_lite2", (96, 96, 3))
     with pytest.raises(UserError, match="shape"):
         lite_weights.assign_checkpoint(other, state, checkpoint)
 
@@ -173,15 +173,15 @@ def test_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_imagenet_weights_are_converted_once_and_every_source_loads_the_same(tmp_path, checkpoint):
-    spec = models.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}, "resize_to": 112})
-    net = models.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
+    spec = network.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}, "resize_to": 112})
+    net = network.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
     cached = sorted((tmp_path / "cache" / "models").glob("efficientnet_lite0_imagenet_*.weights.h5"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    again = models.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
+    again = network.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
     assert cached[0].stat().st_mtime_ns == stamp  # read from the cache, not converted again
-    from_pth = models.build(spec, str(checkpoint))
-    from_h5 = models.build(spec, str(cached[0]))
+    from_pth = network.build(spec, str(checkpoint))
+    from_h5 = network.build(spec, str(cached[0]))
     def backbone(model):
         return model.get_layer("efficientnet_lite0").get_weights()
 
@@ -191,19 +191,19 @@ def test_imagenet_weights_are_converted_once_and_every_source_loads_the_same(tmp
     stem = net.get_layer("efficientnet_lite0").get_layer("stem_conv").kernel.numpy()
     np.testing.assert_array_equal(stem, read_state_dict(checkpoint)["_conv_stem.weight"].transpose(2, 3, 1, 0))
     wrong = tmp_path / "other.weights.h5"
-    models.shipped_model_module().efficientnet_lite("efficientnet_lite2", (96, 96, 3)).save_weights(str(wrong))
+    network.shipped_model_module().efficientnet_lite("efficientnet_lite2", (96, 96, 3)).save_weights(str(wrong))
     with pytest.raises(UserError, match="other.weights.h5: model.weights: does not fit efficientnet_lite0"):
-        models.build(spec, str(wrong))
+        network.build(spec, str(wrong))
 
 
 def test_pretrained_lite_exports_and_model_py_rebuilds_it(tmp_path):
-    spec = models.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}, "weights": "imagenet"},
+    spec = network.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}, "weights": "imagenet"},
                             name="lite")
-    net = models.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
-    out = models.export(net, spec, tmp_path / "export")
+    net = network.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
+    out = network.export(net, spec, tmp_path / "export")
     written = json.loads((out / "model.json").read_text())
     assert written["backbone"] == "efficientnet_lite0" and written["pretrained"] == "imagenet"
-    rebuilt, _ = models.load_exported(out)
+    rebuilt, _ = network.load_exported(out)
     x = np.random.default_rng(0).uniform(0, 255, (4, 96, 96, 3)).astype(np.float32)
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-5)
 
@@ -211,15 +211,15 @@ def test_pretrained_lite_exports_and_model_py_rebuilds_it(tmp_path):
 def test_unfreezing_by_whole_blocks():
     import keras
 
-    net = models.build(models.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}}), "none")
-    layers = models.backbone_layers(net)
-    count = models.unfreeze_top(net, "blocks:2", freeze_batchnorm=True)
+    net = network.build(network.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}}), "none")
+    layers = network.backbone_layers(net)
+    count = network.unfreeze_top(net, "blocks:2", freeze_batchnorm=True)
     on = [layer for layer in layers if layer.trainable]
-    assert {models.layer_block(layer.name) for layer in on} == {"block6d", "block7a", "top"}
+    assert {network.layer_block(layer.name) for layer in on} == {"block6d", "block7a", "top"}
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in on)
     assert count == sum(bool(layer.weights) for layer in on)
-    models.unfreeze_top(net, "blocks:0", freeze_batchnorm=False)
-    assert {models.layer_block(layer.name) for layer in layers if layer.trainable} == {"top"}
+    network.unfreeze_top(net, "blocks:0", freeze_batchnorm=False)
+    assert {network.layer_block(layer.name) for layer in layers if layer.trainable} == {"top"}
 
 
 @pytest.mark.realdata
@@ -234,11 +234,11 @@ def test_pretrained_features_beat_random_features_on_blood_cells(tmp_path):
         test = rng.choice(len(archive["val_labels"]), 320, replace=False)
         x_train, y_train = archive["train_images"][train], archive["train_labels"].reshape(-1)[train]
         x_test, y_test = archive["val_images"][test], archive["val_labels"].reshape(-1)[test]
-    spec = models.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}})
+    spec = network.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}})
     accuracy = {}
     for weights in ("imagenet", "none"):
         keras.utils.set_random_seed(0)
-        net = models.build(spec, weights, cache_dir=str(tmp_path))
+        net = network.build(spec, weights, cache_dir=str(tmp_path))
         features = keras.Model(net.input, net.get_layer("gap").output)
         f_train, f_test = (features.predict(x.astype(np.float32), verbose=0, batch_size=100) for x in (x_train, x_test))
         mean, std = f_train.mean(0), f_train.std(0) + 1e-6

@@ -15,7 +15,7 @@ import pytest
 
 from bloodcells.submission import stage, write_half_weights
 from bloodcells.untrained import export_tiny
-from bloodcells.validation import probe_images
+from bloodcells.preflight import probe_images
 from tests.conftest import snapshot
 
 _count = itertools.count()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bloodcells import models, pretrained, submission, train, validation
+from bloodcells import network, pretrained, submission, train, preflight
 from bloodcells.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,16 +26,16 @@ PROBE = 8
 
 
 def _train_one_step(backbone, step=True):
-    """As bloodcells.train builds and steps: make_spec, models.build with the config's
+    """As bloodcells.train builds and steps: make_spec, network.build with the config's
     weights, everything but BatchNorm unfrozen, compile, one batch (when `step`)."""
     model_cfg = {"backbone": backbone, "weights": "imagenet", "resize_to": 64,
                  "head": {"dense_units": 16}, "tta": {"views": 1}}
     cfg = resolve_config({"model": model_cfg, "train": {"optimizer": "adam"}})
-    spec = models.make_spec(cfg.model, name=backbone.replace("_", ""))
+    spec = network.make_spec(cfg.model, name=backbone.replace("_", ""))
     import keras
     keras.utils.set_random_seed(0)
-    net = models.build(spec, cfg.model.weights)
-    models.unfreeze_top(net, "all", freeze_batchnorm=True)
+    net = network.build(spec, cfg.model.weights)
+    network.unfreeze_top(net, "all", freeze_batchnorm=True)
     net.compile(optimizer=train.make_optimizer(cfg.train, 1e-3), loss=train.make_loss(cfg.train),
                 jit_compile=cfg.train.xla)
     if step:
@@ -44,7 +44,7 @@ def _train_one_step(backbone, step=True):
     # Random stand-in weights give huge logits, so probabilities saturate at 0/1 and hide
     # any difference; scale the last layer so the probe images' logits spread over ~2.
     logits = keras.Model(net.input, net.get_layer("logits").output).predict(
-        validation.probe_images(PROBE).astype(np.float32), verbose=0)
+        preflight.probe_images(PROBE).astype(np.float32), verbose=0)
     layer = net.get_layer("logits")
     layer.set_weights([w * (2.0 / max(float(logits.std()), 1e-6)) for w in layer.get_weights()])
     return net, spec
@@ -54,12 +54,12 @@ def _train_one_step(backbone, step=True):
 def exports(imagenet_standin, tmp_path_factory):
     """backbone -> (export folder, the training model's probabilities on the probe images)."""
     root = tmp_path_factory.mktemp("pretrained_exports")
-    probe = validation.probe_images(PROBE)
+    probe = preflight.probe_images(PROBE)
     out = {}
     for backbone in FAMILIES:
         net, spec = _train_one_step(backbone, step=backbone == TRAINED_FAMILY)
         expected = np.asarray(net.predict(probe.astype(np.float32), verbose=0))
-        out[backbone] = (models.export(net, spec, root / backbone), expected)
+        out[backbone] = (network.export(net, spec, root / backbone), expected)
     assert any(name.startswith("efficientnetb0") for name in imagenet_standin.calls)  # the download was asked for
     return out
 
@@ -77,7 +77,7 @@ def test_pretrained_zip_computes_what_the_training_model_computes(backbone, expo
     folder, expected = exports[backbone]
     staged = tmp_path / "staged"
     submission.stage([folder], staged)
-    result, outputs, _ = validation.run_folder(staged, None, validation.probe_images(PROBE))
+    result, outputs, _ = preflight.run_folder(staged, None, preflight.probe_images(PROBE))
     assert "error" not in result, result.get("error")
     diff = float(np.abs(outputs["proba"] - expected).max())
     print(f"{backbone}: max |dp| zip vs training model = {diff:.3g}")
@@ -88,8 +88,8 @@ def test_pretrained_zip_computes_what_the_training_model_computes(backbone, expo
 def test_pretrained_ensemble_matches_the_training_models_under_the_server_versions(exports, tmp_path):
     zip_path = _zip([exports[b][0] for b in FAMILIES], tmp_path)
     # five full-size backbones: the competition's size and time limits are not what is tested here
-    limits = validation.Limits(probe_images=PROBE, max_size_mb=10_000, time_limit_s=1e9)
-    report = validation.validate(zip_path, str(SERVER_PY), limits, parity_python=sys.executable)
+    limits = preflight.Limits(probe_images=PROBE, max_size_mb=10_000, time_limit_s=1e9)
+    report = preflight.validate(zip_path, str(SERVER_PY), limits, parity_python=sys.executable)
     print(report.text())
     assert report.ok, report.text()
     expected = np.mean([exports[b][1] for b in FAMILIES], axis=0)
@@ -105,16 +105,16 @@ def test_a_weights_file_builds_exactly_what_imagenet_builds(exports, imagenet_st
 
     file = imagenet_standin.folder / "efficientnetb0_notop.h5"
     assert file.is_file()
-    spec = models.make_spec({"backbone": "efficientnetb0", "weights": str(file), "resize_to": 64,
+    spec = network.make_spec({"backbone": "efficientnetb0", "weights": str(file), "resize_to": 64,
                              "head": {"dense_units": 16}})
     assert spec["pretrained"] == "file:efficientnetb0_notop.h5"
     keras_net = pretrained.keras_pretrained_backbone(spec, str(file))
     kinds = [type(layer).__name__ for layer in keras_net.layers]
     assert kinds[kinds.index("Normalization") + 1] == "Rescaling"
-    probe = validation.probe_images(PROBE).astype(np.float32)
+    probe = preflight.probe_images(PROBE).astype(np.float32)
     nets = []
     for weights in ("imagenet", str(file)):
         keras.utils.set_random_seed(0)
-        nets.append(models.build(spec, weights))
+        nets.append(network.build(spec, weights))
     np.testing.assert_allclose(nets[1].predict(probe, verbose=0), nets[0].predict(probe, verbose=0), atol=1e-6)
     assert all(np.array_equal(a, b) for a, b in zip(nets[0].get_weights(), nets[1].get_weights()))

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,10 +16,10 @@ import pytest
 
 from bloodcells import leaderboard as board
 from bloodcells.ingestion import DEFAULT_TIME_LIMIT
-from bloodcells.validation import Limits
+from bloodcells.preflight import Limits
 from tests.conftest import REPO, snapshot
 from tests.test_local_eval import BROKEN_MODELS, PIXEL_MODEL, encoded_images, make_zip
-from tests.test_sandbox import kill_and_expect_no_process, processes_mentioning
+from tests.test_sandbox import kill_and_expect_no_process, processes_mentioning, wait_for_job_status
 
 
 def local_eval(tmp_path, *args, env=None, wait=True):
@@ -129,11 +128,7 @@ def test_sigkill_of_local_eval_leaves_no_process_and_the_next_run_cleans_up(tmp_
     hanging = make_zip(tmp_path / "hang.zip", BROKEN_MODELS["sleep"])
     run = local_eval(tmp_path, hanging, "--data", data, "--profile", "none", env={"TMPDIR": str(temp)}, wait=False)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and run.poll() is None:
-            if any('"Model()"' in p.read_text() for p in temp.glob("bloodcells-*/sandbox_*/io/status.json")):
-                break
-            time.sleep(0.05)
+        wait_for_job_status(run, temp, "Model()", 60)
         assert processes_mentioning(str(temp)), "the model never started"
     finally:
         kill_and_expect_no_process(run, temp)

@@ -16,7 +16,7 @@ import pytest
 from bloodcells import submission
 from bloodcells.build import build_main
 from bloodcells.untrained import TINY_BACKBONE, export_tiny
-from bloodcells.validation import Limits
+from bloodcells.preflight import Limits
 from tests.conftest import REPO, snapshot
 from tests.test_sandbox import kill_and_expect_no_process, processes_mentioning
 

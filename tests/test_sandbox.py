@@ -106,6 +106,16 @@ def kill_and_expect_no_process(run, temp) -> None:
     assert processes_mentioning(str(temp)) == []
 
 
+def wait_for_job_status(run, temp, word: str, seconds: float) -> None:
+    """Wait until a sandbox job under `temp` writes a status naming `word` (or `run`, a
+    Popen, ends, or `seconds` pass)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and run.poll() is None:
+        if any(f'"{word}"' in p.read_text() for p in temp.glob("bloodcells-*/sandbox_*/io/status.json")):
+            return
+        time.sleep(0.05)
+
+
 def processes_mentioning(text: str) -> list:
     """(pid, command line) of the running processes whose command line contains `text`."""
     found = []
@@ -131,11 +141,7 @@ def test_a_killed_caller_leaves_no_process_and_the_next_run_removes_its_folder(f
     caller = subprocess.Popen([sys.executable, "-c", HANGING_CALLER, str(folder)],
                               env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp)})
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and caller.poll() is None:
-            if any('"hanging"' in p.read_text() for p in temp.glob("bloodcells-*/sandbox_*/io/status.json")):
-                break
-            time.sleep(0.05)
+        wait_for_job_status(caller, temp, "hanging", 30)
         assert len(processes_mentioning(str(temp))) >= 2, "the job and its grandchild never started"
     finally:
         kill_and_expect_no_process(caller, temp)

@@ -17,7 +17,7 @@ from bloodcells.cli import UserError
 from bloodcells.ingestion import check_zip, validate_predictions
 from bloodcells.submission import MODEL_PY, stage, zip_folder
 from bloodcells.untrained import export_tiny
-from bloodcells.validation import MANIFEST_NAME, Limits, validate
+from bloodcells.preflight import MANIFEST_NAME, Limits, validate
 from tests.conftest import REPO
 
 # appended to the shipped model.py: predict returns the same labels in another form

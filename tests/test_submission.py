@@ -13,11 +13,11 @@ import h5py
 import numpy as np
 import pytest
 
-from bloodcells import submission, validation
+from bloodcells import submission, preflight
 from bloodcells.build import build_main
 from bloodcells.submission import stage, zip_folder
 from bloodcells.untrained import export_tiny
-from bloodcells.validation import Limits, validate
+from bloodcells.preflight import Limits, validate
 from bloodcells.files import sha256_file
 from tests.conftest import snapshot
 
@@ -160,8 +160,8 @@ def test_static_problems_in_model_py(good_folder, tmp_path, line, check, detail,
 
 
 def test_repository_model_py_passes_the_static_checks():
-    report = validation.Report(Path("x"))
-    validation.check_code(submission.MODEL_PY.read_text(), report)
+    report = preflight.Report(Path("x"))
+    preflight.check_code(submission.MODEL_PY.read_text(), report)
     assert report.ok and len(report.checks) == 2
 
 

@@ -130,10 +130,10 @@ def test_epoch_order_imbalance_modes():
 def _one_step(loss_cfg=None, optimizer="adam"):
     """One training step of the tiny network (mixed precision, XLA and the strategies
     are tests/test_distribute.py's, as whole runs)."""
-    from bloodcells import models
+    from bloodcells import network
 
     t = TrainConfig(**{**(loss_cfg or {}), "optimizer": optimizer})
-    net = models.build(models.make_spec(TINY_MODEL), "none")
+    net = network.build(network.make_spec(TINY_MODEL), "none")
     net.compile(optimizer=train.make_optimizer(t, 1e-2), loss=train.make_loss(t))
     x = np.random.default_rng(1).integers(0, 256, (4, 96, 96, 3)).astype(np.float32)
     y = np.eye(8, dtype=np.float32)[[0, 1, 2, 3]]
@@ -228,7 +228,7 @@ def test_overlay_opacity_must_be_a_fraction():
 def test_a_run_with_augmix_views_trains_validates_and_exports(tmp_path, data_file):
     """The consistency loss end to end: the stream's triples, the loss, validation on
     plain images and an export that predicts single images."""
-    from bloodcells import models
+    from bloodcells import network
 
     cfg = tiny_config(**{"augment.augmix_views": 2, "train.consistency_weight": 12.0, "phase1.epochs": 0,
                          "phase2.epochs": 1})
@@ -236,7 +236,7 @@ def test_a_run_with_augmix_views_trains_validates_and_exports(tmp_path, data_fil
     history = _history(tmp_path / "run")
     assert len(history) == 1 and np.isfinite(float(history[0]["loss"]))
     assert 0.0 <= metrics["val_acc"] <= 1.0
-    net, _ = models.load_exported(tmp_path / "export")
+    net, _ = network.load_exported(tmp_path / "export")
     assert net.predict(np.zeros((2, 96, 96, 3), np.float32), verbose=0).shape == (2, 8)
 
 
@@ -302,11 +302,11 @@ def _run_until_checkpoint(cfg, data_file, out, monkeypatch, n):
     monkeypatch.setattr(train, "save_checkpoint", real_save)
 
 def test_init_from_starts_the_network_from_an_export_of_the_same_network(tmp_path, data_file):
-    from bloodcells import models
+    from bloodcells import network
 
     first = tiny_config(**{"phase1.epochs": 0, "phase2.epochs": 1})
     train.Trainer(first, data_file, tmp_path / "first", tmp_path / "export").run()
-    exported, _ = models.load_exported(tmp_path / "export")
+    exported, _ = network.load_exported(tmp_path / "export")
     again = train.Trainer(tiny_config(**{"model.init_from": str(tmp_path / "export")}), data_file,
                           tmp_path / "again")
     again.set_up()

@@ -24,7 +24,7 @@ import numpy as np
 from bloodcells import NUM_CLASSES, sandbox
 from bloodcells.budget import measured_costs, server_seconds
 from bloodcells.ingestion import DEFAULT_TIME_LIMIT, label_problems, time_limit_text, zip_layout
-from bloodcells.models import LEGACY_FORMAT, SPEC_FORMAT
+from bloodcells.network import LEGACY_FORMAT, SPEC_FORMAT
 from bloodcells.shipped import PROBE_IMAGES, REFERENCE_TOLERANCE, probe_images, shipped_model_module  # noqa: F401
 
 MANIFEST_NAME = shipped_model_module().MANIFEST_NAME  # written by bloodcells.submission.stage, read by model.py
@@ -276,7 +276,7 @@ def check_outputs(result, outputs, changed, n, report: Report, limits: Limits) -
                                "build_submission.py --weights; else Model() must take no arguments and find its "
                                "files next to model.py (os.path.dirname(__file__))",
                     "start": "pass an existing interpreter to --python (make server-check builds .venv-server)",
-                    "timeout": f"make predict faster (fewer TTA views: --tta, a smaller backbone) or raise --timeout",
+                    "timeout": "make predict faster (fewer TTA views: --tta, a smaller backbone) or raise --timeout",
                     }.get(stage, "run `python -c 'from model import Model; Model().predict(X)'` in the extracted "
                                  "folder and fix the error shown"))
         report.figures["error"] = result["error"]
