@@ -13,10 +13,10 @@ from pathlib import Path
 from bloodcells import ensemble_select, sandbox
 from bloodcells.budget import DEFAULT_MARGIN, fit_budget
 from bloodcells.cli import UserError, check_output_folder, run_cli
+from bloodcells.preflight import Limits, Report, validate
 from bloodcells.shipped import REPO_ROOT
 from bloodcells.submission import (check_export, locked_temporary_zip, remove_stale_zips, stage, submission_path,
                                    zip_folder)
-from bloodcells.preflight import Limits, Report, validate
 
 
 def _default_weights() -> list[Path]:

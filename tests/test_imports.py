@@ -10,7 +10,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "bloodcells"
 # Modules whose one job is a command line: nothing in the package imports them.
-COMMANDS = {"build", "clean", "synth", "train", "untrained"}
+COMMANDS = {"build", "clean", "local_eval", "synth", "train", "untrained"}
 
 
 def imports_of(path, modules: set) -> set:

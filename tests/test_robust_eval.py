@@ -37,7 +37,7 @@ def local_eval(tmp_path, *args, env=None, wait=True):
 def evaluate(tmp_path, capsys):
     """local_eval.py's main in this process (no interpreter start-up: fast), as
     evaluate(*args) -> (exit status, stdout, stderr)."""
-    import local_eval as command_line
+    from bloodcells import local_eval as command_line
 
     def call(*args, files=True):
         common = ["--eval-dir", tmp_path / "eval", "--leaderboard-file", tmp_path / "leaderboard.csv",
