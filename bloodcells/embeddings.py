@@ -121,7 +121,7 @@ def gap_embedder(source: str, backbone_weights: str | None = "imagenet"):
 
     model_py = network.shipped_model_module()
     if Path(source).is_dir():
-        network, _ = network.load_exported(source)
+        net, _ = network.load_exported(source)
     else:
         name = source.lower()
         if name not in model_py.BACKBONES or model_py.BACKBONES[name][0] is None:
@@ -130,14 +130,14 @@ def gap_embedder(source: str, backbone_weights: str | None = "imagenet"):
                             f"expected 'descriptor', an exported model folder, or one of {', '.join(choices)}")
         spec = {"backbone": name, "input_size": IMAGE_SIZE, "num_classes": NUM_CLASSES}
         try:
-            network = network.build(spec, weights=backbone_weights)
+            net = network.build(spec, weights=backbone_weights)
         except UserError:
             raise
         except Exception as exc:  # no network: the weight download fails
             raise UserError(f"--embedding: {source}: could not load {backbone_weights} weights "
                             f"({' '.join(str(exc).split())[:160]}); expected them in the Keras cache "
                             f"(~/.keras/models) or network access") from None
-    return keras.Model(network.input, network.get_layer("gap").output)
+    return keras.Model(net.input, net.get_layer("gap").output)
 
 
 def network_embeddings(images: np.ndarray, embedder, progress: Progress | None = None,
