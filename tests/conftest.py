@@ -44,3 +44,16 @@ def imagenet_standin(tmp_path_factory):
     served = SimpleNamespace(folder=tmp_path_factory.mktemp("imagenet_standin"), calls=[])
     with serve_standin_weights(served.folder, served.calls):
         yield served
+
+
+# -- shared by the augmentation tests (test_augment, test_augment_layers) ----------------
+
+@pytest.fixture(scope="module")
+def batch():
+    """Six blocky random images (12 x 12 blocks of 8 x 8 pixels) and labels 0-5."""
+    rng = np.random.default_rng(0)
+    # smooth random images (a flat random image is invariant to too much)
+    base = rng.integers(0, 256, (6, 12, 12, 3)).astype(np.uint8)
+    images = np.repeat(np.repeat(base, 8, axis=1), 8, axis=2)
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    return images, labels
