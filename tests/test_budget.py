@@ -19,7 +19,7 @@ from bloodcells.budget import Rate, plan_budget
 from bloodcells.cli import UserError
 from bloodcells.untrained import export_tiny
 from bloodcells.preflight import Limits, validate
-from tests.test_shift import cell_images
+from cells import cell_images
 
 FAST = Rate("fast", Path("fast"), seconds_per_view=0.001, fixed_s=5.0)
 SLOW = Rate("slow", Path("slow"), seconds_per_view=0.010, fixed_s=20.0)

@@ -17,7 +17,7 @@ from bloodcells.cli import UserError
 from bloodcells.ensemble_select import Candidate, greedy_select
 from bloodcells.untrained import export_tiny
 from bloodcells.preflight import Limits
-from tests.test_shift import cell_images
+from cells import cell_images
 
 N = 100
 LABELS = np.arange(N) % 8
