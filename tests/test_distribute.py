@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bloodcells.cli import UserError
+from bloodcells.distribute import make_strategy
 from bloodcells.submission import stage
 from tests import distributed_job
 from tests.conftest import snapshot
@@ -205,3 +207,8 @@ def test_mixed_precision_and_xla_train_and_export_float32_weights(data, tmp_path
     training = np.load(tmp_path / "training_model_probs.npy")
     shipped = shipped_probabilities(tmp_path / "export", tmp_path / "shipped", images)
     np.testing.assert_allclose(shipped, training, rtol=0, atol=FLOAT16_PROBS_ATOL)
+
+
+def test_tpu_strategy_without_a_tpu_is_a_clear_error():
+    with pytest.raises(UserError, match="train.strategy: 'tpu'"):
+        make_strategy("tpu", "")
