@@ -91,3 +91,13 @@ def export(tmp_path_factory):
     from bloodcells.untrained import export_tiny
 
     return export_tiny(tmp_path_factory.mktemp("export") / "tiny", name="tiny")
+
+
+# -- shared by the EfficientNet-Lite tests (lite_weights, torch_pickle) ------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    """The registry package's EfficientNet-Lite0 checkpoint (.pth), installed with the requirements."""
+    from bloodcells import lite_weights
+
+    return lite_weights.packaged_checkpoint("efficientnet_lite0")
