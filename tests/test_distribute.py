@@ -24,9 +24,9 @@ import pytest
 from bloodcells.cli import UserError
 from bloodcells.distribute import make_strategy
 from bloodcells.submission import stage
+from shipped_folder import load_shipped
 from tests import distributed_job
 from tests.conftest import snapshot
-from tests.test_model import load_shipped
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "tests" / "distributed_job.py"

@@ -4,8 +4,6 @@ and its EfficientNet-Lite against the layout of the checkpoints its weights come
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
 from pathlib import Path
 
@@ -18,17 +16,8 @@ from bloodcells import network
 from bloodcells.submission import stage, write_half_weights
 from bloodcells.untrained import export_tiny
 from bloodcells.preflight import probe_images
+from shipped_folder import load_shipped
 from tests.conftest import snapshot
-
-_count = itertools.count()
-
-
-def load_shipped(folder: Path):
-    """Import model.py from `folder` as a fresh module (as the server would)."""
-    spec = importlib.util.spec_from_file_location(f"shipped_model_{next(_count)}", Path(folder) / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
