@@ -17,7 +17,6 @@ from bloodcells import lite_weights, network
 from bloodcells.cli import UserError
 from bloodcells.torch_pickle import read_state_dict
 
-
 PBC = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbc96_dev.npz"
 # what EfficientNet-PyTorch's Lite port computes for the photographs (bench/lite_torch_reference.py)
 TORCH_REFERENCE = Path(__file__).resolve().parent / "data" / "lite0_photo_probabilities.json"

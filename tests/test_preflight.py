@@ -17,7 +17,6 @@ from bloodcells.preflight import Limits, validate
 from bloodcells.submission import stage, zip_folder
 from build_command import FAST, build
 
-
 LIMITS = Limits(probe_images=8)
 
 

@@ -15,7 +15,6 @@ from bloodcells.data import load_dataset
 from cells import cell_images
 from tests.conftest import REPO, snapshot
 
-
 IMAGES = cell_images(24)
 
 
