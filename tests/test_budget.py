@@ -1,7 +1,7 @@
-"""build_submission.py --fit-budget: the plan (views first, then the slowest members),
-and the zip it writes; the one projection of the server's time that validation, --fit-budget
-and --select share. Slow models are constructed as measured rates, so nothing here
-depends on this machine's speed; one test measures a real tiny model."""
+"""bloodcells.budget, build_submission.py --fit-budget: the plan (views first, then the slowest
+members), and the zip it writes; the one projection of the server's time that validation,
+--fit-budget and --select share. Slow models are constructed as measured rates, so nothing
+here depends on this machine's speed; one test measures a real tiny model."""
 
 from __future__ import annotations
 

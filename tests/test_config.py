@@ -1,6 +1,6 @@
-"""The configuration: every key known, typed and in range, inline tables included, with
-a one-line message naming the file, the key, the value and what is expected, before
-TensorFlow is imported (issue 27, point 4)."""
+"""bloodcells.config, the configuration: every key known, typed and in range, inline tables
+included, with a one-line message naming the file, the key, the value and what is expected,
+before TensorFlow is imported (issue 27, point 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""bloodcells.data, the data layer: every format, every malformed input, conversions and splits."""
+"""bloodcells.data, the data layer: every format, every malformed input, conversions and
+splits."""
 
 from __future__ import annotations
 

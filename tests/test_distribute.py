@@ -1,11 +1,12 @@
-"""Training under tf.distribute and the precision options: mirrored on two logical CPU
-devices and two local multi-worker processes train the one-device model (same global
-batch); only the chief writes; --resume continues from the chief's checkpoint; mixed
-precision with XLA trains and exports float32 weights; exports load in model.py.
-(Resuming under mixed precision is tests/test_train.py's.)
+"""bloodcells.distribute, training under tf.distribute and the precision options: mirrored on
+two logical CPU devices and two local multi-worker processes train the one-device model
+(same global batch); only the chief writes; --resume continues from the chief's checkpoint;
+mixed precision with XLA trains and exports float32 weights; exports load in model.py;
+a TPU strategy without a TPU is a one-line error. (Resuming under mixed precision is
+tests/test_train.py's.)
 
-Every strategy run is a subprocess (tests/distributed_job.py): logical devices and a
-cluster must be configured before TensorFlow starts."""
+Every strategy run is a subprocess (tests/distributed_job.py): logical devices and a cluster
+must be configured before TensorFlow starts."""
 
 from __future__ import annotations
 

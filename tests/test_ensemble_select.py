@@ -1,5 +1,6 @@
-"""build_submission.py --select: greedy forward selection (Caruana 2004) on constructed
-predictions, the validator's limits, refusing the test split, and one build from tiny exports."""
+"""bloodcells.ensemble_select, build_submission.py --select: greedy forward selection (Caruana
+2004) on constructed predictions, the validator's limits, refusing the test split, and one
+build from tiny exports."""
 
 from __future__ import annotations
 
