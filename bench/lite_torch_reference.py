@@ -2,7 +2,7 @@
 probabilities that EfficientNet-PyTorch's Lite port (`efficientnet-lite-pytorch`, which
 pads like TensorFlow's 'same') computes with the registry checkpoint for
 scikit-image's sample photographs, written to tests/data/lite0_photo_probabilities.json;
-tests/test_lite.py compares model.py's network (bloodcells.lite_weights) with it.
+tests/test_lite_weights.py compares model.py's network (bloodcells.lite_weights) with it.
 
 Needs torch, which the project does not install; in a scratch environment:
     python3 -m venv /tmp/torchenv

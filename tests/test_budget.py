@@ -1,7 +1,7 @@
-"""build_submission.py --fit-budget: the plan (views first, then the slowest members),
-and the zip it writes; the one projection of the server's time that validation, --fit-budget
-and --select share. Slow models are constructed as measured rates, so nothing here
-depends on this machine's speed; one test measures a real tiny model."""
+"""bloodcells.budget, build_submission.py --fit-budget: the plan (views first, then the slowest
+members), and the zip it writes; the one projection of the server's time that validation,
+--fit-budget and --select share. Slow models are constructed as measured rates, so nothing
+here depends on this machine's speed; one test measures a real tiny model."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from bloodcells import budget, ensemble_select, sandbox, submission
-from bloodcells.build import build_main
 from bloodcells.budget import Rate, plan_budget
 from bloodcells.cli import UserError
 from bloodcells.untrained import export_tiny
 from bloodcells.preflight import Limits, validate
-from tests.test_shift import cell_images
+from build_command import build
+from cells import cell_images
 
 FAST = Rate("fast", Path("fast"), seconds_per_view=0.001, fixed_s=5.0)
 SLOW = Rate("slow", Path("slow"), seconds_per_view=0.010, fixed_s=20.0)
@@ -55,13 +55,6 @@ def test_members_are_dropped_last_slowest_first():
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     return [export_tiny(root / "fast", seed=0, name="fast"), export_tiny(root / "slow", seed=1, name="slow")]
-
-
-def build(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        build_main(argv)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def zipped_specs(zip_path: Path) -> dict:

@@ -1,5 +1,5 @@
-"""The stopping rule (checkpoint.end_epoch) as a pure function of the run state and the
-epoch's scores: best epoch, patience, early stopping, the plateau rule, phase ends and
+"""bloodcells.checkpoint, the stopping rule (end_epoch) as a pure function of the run state and
+the epoch's scores: best epoch, patience, early stopping, the plateau rule, phase ends and
 epochs without validation. No network, no Keras."""
 
 from __future__ import annotations

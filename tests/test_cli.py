@@ -1,5 +1,6 @@
-"""Command-line plumbing (issue 27, point 5): output paths checked before the work, a
-closed pipe ending quietly, and no TensorFlow start-up lines before the kit's message."""
+"""bloodcells.cli, the command-line plumbing (issue 27, point 5): output paths checked before
+the work, a closed pipe ending quietly, and no TensorFlow start-up lines before the kit's
+message."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The configuration: every key known, typed and in range, inline tables included, with
-a one-line message naming the file, the key, the value and what is expected, before
-TensorFlow is imported (issue 27, point 4)."""
+"""bloodcells.config, the configuration: every key known, typed and in range, inline tables
+included, with a one-line message naming the file, the key, the value and what is expected,
+before TensorFlow is imported (issue 27, point 4)."""
 
 from __future__ import annotations
 
@@ -209,3 +209,36 @@ def test_a_base_config_merges_tables_key_by_key_and_refuses_loops(tmp_path):
     (tmp_path / "e.toml").write_text('base = "a.toml"\n[model]\nhead = { dense_unit = 16 }\n')
     with pytest.raises(UserError, match=r"e\.toml: model\.head\.dense_unit: unknown key"):
         load_config(tmp_path / "e.toml")
+
+
+# -- config files: the shipped ones resolve, errors name the file and the field -----------
+
+def test_shipped_configs_resolve():
+    names = {}
+    for path in sorted((REPO / "configs").glob("*.toml")):
+        cfg = load_config(path)
+        names[path.stem] = cfg
+    assert {"b7_reference", "b7_focal", "cpu", "cpu_scratch", "demo"} <= set(names)
+    assert names["b7_focal"].train.loss == "focal"
+    assert names["b7_reference"].train.loss == "categorical_crossentropy"
+    assert names["cpu"].model.backbone == "efficientnet_lite0" and names["cpu"].model.weights == "imagenet"
+    assert names["cpu_scratch"].model.backbone == "small_cnn"
+
+
+def test_config_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\noptimiser = "adam"\n')
+    with pytest.raises(UserError, match=r"bad.toml: train.optimiser: unknown key"):
+        load_config(bad)
+    bad.write_text('[train]\noptimizer = "sgd9"\n')
+    with pytest.raises(UserError, match=r"bad.toml: train.optimizer: 'sgd9'; expected one of"):
+        load_config(bad)
+    bad.write_text('[augment]\nhue_jiter = 0.1\n')
+    with pytest.raises(UserError, match=r"augment.hue_jiter"):
+        load_config(bad)
+    bad.write_text('[train\n')
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(bad)
+    bad.write_text('[train]\nfocal_alpha = [0.1, 0.2]\n')
+    with pytest.raises(UserError, match="focal_alpha"):
+        load_config(bad)

@@ -1,4 +1,5 @@
-"""The data layer: every format, every malformed input, conversions and splits."""
+"""bloodcells.data, the data layer: every format, every malformed input, conversions and
+splits."""
 
 from __future__ import annotations
 
@@ -230,24 +231,6 @@ def test_holdout_cli_writes_a_stratified_split_and_leaves_the_input(tmp_path, rn
     clash = run_data_cli(source, "--holdout", "0.25", "--out-train", source, "--out-test", tmp_path / "x.npz")
     assert clash.returncode == 2 and "would overwrite the input" in clash.stderr
     assert source.read_bytes() == original and not (tmp_path / "x.npz").exists()
-
-
-def test_atomic_writes_leave_no_temporary_and_normal_permissions(tmp_path):
-    from bloodcells.files import write_text_atomic
-
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError):
-        from bloodcells.files import atomic_path
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed mid-write")
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-    write_text_atomic(target, "new")
-    assert target.read_text() == "new"
-    umask = os.umask(0)
-    os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 # -- issue 27: bool images, outputs checked before reading, no empty side ------------------

@@ -1,11 +1,12 @@
-"""Training under tf.distribute and the precision options: mirrored on two logical CPU
-devices and two local multi-worker processes train the one-device model (same global
-batch); only the chief writes; --resume continues from the chief's checkpoint; mixed
-precision with XLA trains and exports float32 weights; exports load in model.py.
-(Resuming under mixed precision is tests/test_train.py's.)
+"""bloodcells.distribute, training under tf.distribute and the precision options: mirrored on
+two logical CPU devices and two local multi-worker processes train the one-device model
+(same global batch); only the chief writes; --resume continues from the chief's checkpoint;
+mixed precision with XLA trains and exports float32 weights; exports load in model.py;
+a TPU strategy without a TPU is a one-line error. (Resuming under mixed precision is
+tests/test_train.py's.)
 
-Every strategy run is a subprocess (tests/distributed_job.py): logical devices and a
-cluster must be configured before TensorFlow starts."""
+Every strategy run is a subprocess (tests/distributed_job.py): logical devices and a cluster
+must be configured before TensorFlow starts."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bloodcells.cli import UserError
+from bloodcells.distribute import make_strategy
 from bloodcells.submission import stage
+from shipped_folder import load_shipped
 from tests import distributed_job
 from tests.conftest import snapshot
-from tests.test_model import load_shipped
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "tests" / "distributed_job.py"
@@ -205,3 +208,8 @@ def test_mixed_precision_and_xla_train_and_export_float32_weights(data, tmp_path
     training = np.load(tmp_path / "training_model_probs.npy")
     shipped = shipped_probabilities(tmp_path / "export", tmp_path / "shipped", images)
     np.testing.assert_allclose(shipped, training, rtol=0, atol=FLOAT16_PROBS_ATOL)
+
+
+def test_tpu_strategy_without_a_tpu_is_a_clear_error():
+    with pytest.raises(UserError, match="train.strategy: 'tpu'"):
+        make_strategy("tpu", "")

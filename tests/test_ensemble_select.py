@@ -1,5 +1,6 @@
-"""build_submission.py --select: greedy forward selection (Caruana 2004) on constructed
-predictions, the validator's limits, refusing the test split, and one build from tiny exports."""
+"""bloodcells.ensemble_select, build_submission.py --select: greedy forward selection (Caruana
+2004) on constructed predictions, the validator's limits, refusing the test split, and one
+build from tiny exports."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from bloodcells.cli import UserError
 from bloodcells.ensemble_select import Candidate, greedy_select
 from bloodcells.untrained import export_tiny
 from bloodcells.preflight import Limits
-from tests.test_shift import cell_images
+from cells import cell_images
 
 N = 100
 LABELS = np.arange(N) % 8

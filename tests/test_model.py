@@ -1,10 +1,9 @@
 """model.py, the file that ships: contract, input checks, streaming, determinism, TTA
-views really reaching the network, ensemble and float16 weights. Tiny untrained models."""
+views really reaching the network, ensemble and float16 weights (tiny untrained models),
+and its EfficientNet-Lite against the layout of the checkpoints its weights come from."""
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
 from pathlib import Path
 
@@ -13,20 +12,12 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
+from bloodcells import network
 from bloodcells.submission import stage, write_half_weights
 from bloodcells.untrained import export_tiny
 from bloodcells.preflight import probe_images
+from shipped_folder import load_shipped
 from tests.conftest import snapshot
-
-_count = itertools.count()
-
-
-def load_shipped(folder: Path):
-    """Import model.py from `folder` as a fresh module (as the server would)."""
-    spec = importlib.util.spec_from_file_location(f"shipped_model_{next(_count)}", Path(folder) / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -357,3 +348,16 @@ def test_the_manifest_decides_the_members(exports, tmp_path):
         load_shipped(folder).Model()
     (folder / "manifest.json").unlink()  # a hand-made folder without a manifest: whatever members are there
     assert [m["name"] for m in load_shipped(folder).Model().members] == ["a"]
+
+
+# -- EfficientNet-Lite in model.py (its ImageNet weights: tests/test_lite_weights.py) --------
+
+@pytest.mark.parametrize("backbone, blocks, head_in", [("efficientnet_lite0", 16, 320),
+                                                       ("efficientnet_lite1", 21, 320),
+                                                       ("efficientnet_lite2", 21, 352)])
+def test_lite_architectures_match_their_checkpoints_layout(backbone, blocks, head_in):
+    # blocks and head widths as in the registry's checkpoints (their _blocks.N and _conv_head)
+    net = network.shipped_model_module().efficientnet_lite(backbone, (96, 96, 3))
+    assert sum(layer.name.endswith("_dwconv") for layer in net.layers) == blocks
+    assert net.get_layer("top_conv").kernel.shape == (1, 1, head_in, 1280)
+    assert not any("se_" in layer.name for layer in net.layers)

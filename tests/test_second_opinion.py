@@ -12,8 +12,8 @@ import pytest
 
 from bloodcells import evaluate, second_opinion, shift
 from bloodcells.cli import UserError
+from cells import cell_images
 from tests.conftest import REPO
-from tests.test_shift import cell_images
 
 IMAGES = cell_images(6, seed=5)
 

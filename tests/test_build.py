@@ -1,38 +1,103 @@
-"""Issue 27, building: one-line errors (exit 2) for impossible limits, weights that do not
-fit their model.json, truncated weights and unusable --out, checked before the long work;
-no process or temporary file left by a killed build. Tiny untrained exports."""
+"""build_submission.py and bloodcells.build, the command: the zip's layout and manifest,
+--half, and one-line errors (exit 2) for a missing zip or interpreter, impossible limits,
+weights that do not fit their model.json, truncated weights and unusable --out, checked
+before the long work; no process or temporary file left by a killed build (issue 27).
+Tiny untrained exports, 8 probe images. The checks on the zip are tests/test_preflight.py's,
+the staging tests/test_submission.py's."""
 
 from __future__ import annotations
 
-import fcntl
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
+from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
-from bloodcells import submission
-from bloodcells.build import build_main
-from bloodcells.untrained import TINY_BACKBONE, export_tiny
+from bloodcells.files import sha256_file
 from bloodcells.preflight import Limits
+from bloodcells.untrained import TINY_BACKBONE, export_tiny
+from build_command import FAST, build
+from processes import kill_and_expect_no_process, processes_mentioning
 from tests.conftest import REPO, snapshot
-from tests.test_sandbox import kill_and_expect_no_process, processes_mentioning
 
+
+def test_build_writes_a_validated_zip_with_everything_at_the_root(export, tmp_path, capsys):
+    before = snapshot(export)
+    code, out, err = build(["--weights", str(export), "--out", str(tmp_path / "sub"), "--tta", "3", "--speedup", "2",
+                            *FAST], capsys)
+    assert code == 0, err
+    last = out.strip().splitlines()[-1]
+    zip_path = Path(last)
+    assert zip_path.parent == tmp_path / "sub" and re.fullmatch(r"submission_\d{6}_\d{6}\.zip", zip_path.name)
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [zip_path.name]  # no temporary left
+    assert "limits: probe 8 images, test set 20000 images, server 2x this machine, size limit 500 MB, " \
+           "half tolerance 0.01, time limit 600 s: Codabench's default, --time-limit sets your phase's" in out
+    assert re.search(r"ok    time: [\d.]+ ms/image here -> 20000 images in ~\d+ s here, ~\d+ s on a server 2x faster", out)
+    assert "FAIL" not in out and "ok    deterministic" in out and "ok    time" in out
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        assert sorted(names) == ["manifest.json", "model.py", "tiny.json", "tiny.weights.h5"]
+        spec = json.loads(zf.read("tiny.json"))
+        manifest = json.loads(zf.read("manifest.json"))
+        extracted = tmp_path / "x"
+        zf.extractall(extracted)
+    assert spec["weights_file"] == "tiny.weights.h5" and spec["tta"]["views"] == 3
+    assert manifest["format"] == "bloodcells-submission/1"
+    assert manifest["models"][0]["source_run"] == "untrained" and manifest["models"][0]["tta"]["views"] == 3
+    assert {f["name"]: f["sha256"] for f in manifest["files"]} == {
+        n: sha256_file(extracted / n) for n in names if n != "manifest.json"}
+    assert snapshot(export) == before  # the input is never modified
+
+
+def test_half_stores_float16_and_checks_agreement_with_float32(export, tmp_path, capsys):
+    code, out, err = build(["--weights", str(export), "--out", str(tmp_path), "--half", "--tta", "2", *FAST], capsys)
+    assert code == 0, err
+    assert re.search(r"ok    float16 vs float32: max \|p16 - p32\| = \S+ \(tolerance 0.01\)", out)
+    with zipfile.ZipFile(out.strip().splitlines()[-1]) as zf:
+        zf.extract("tiny.weights.h5", tmp_path / "x")
+        assert json.loads(zf.read("tiny.json"))["weights_dtype"] == "float16"
+    with h5py.File(tmp_path / "x" / "tiny.weights.h5") as f:
+        dtypes = set()
+        f.visititems(lambda name, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
+    assert dtypes == {np.dtype(np.float16)}
+
+
+def test_half_disagreement_fails_and_nothing_is_written(export, tmp_path, capsys):
+    code, out, err = build(["--weights", str(export), "--out", str(tmp_path / "sub"), "--half", "--tta", "1",
+                            "--half-tolerance", "0", *FAST], capsys)
+    assert code == 2
+    assert "FAIL  float16 vs float32" in out and "fix: float16 changes this model's predictions: build without --half" in out
+    assert err.startswith("error: submission_") and "not written" in err
+    assert not (tmp_path / "sub").exists() or list((tmp_path / "sub").iterdir()) == []
+
+
+def test_missing_export_is_a_one_line_error(tmp_path, capsys):
+    code, out, err = build(["--weights", str(tmp_path / "nothing"), "--out", str(tmp_path)], capsys)
+    assert code == 2 and "nothing/model.json: missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_interpreter_or_zip(tmp_path, capsys):
+    code, _, err = build(["--check", str(tmp_path / "none.zip")], capsys)
+    assert code == 2 and "no such zip" in err and "make submission" in err
+    code, _, err = build(["--check", str(tmp_path / "none.zip"), "--python", str(tmp_path / "py")], capsys)
+    assert code == 2 and "--python" in err and "make server-check" in err
+
+
+# -- issue 27: refused before the long work, nothing left by a killed build ---------------
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     return (export_tiny(root / "narrow", name="narrow"),
             export_tiny(root / "wide", name="wide", backbone_options=dict(TINY_BACKBONE, widths=[8, 32])))
-
-
-def build(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        build_main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def one_line_error(code, err, *words):
@@ -83,18 +148,6 @@ def test_an_unusable_out_is_refused_before_any_work(exports, tmp_path, capsys):
         one_line_error(code, err, "--out: ", words)
         assert "limits:" not in out  # refused before anything ran
     assert snapshot(tmp_path) == before
-
-
-def test_a_temporary_zip_is_removed_by_the_next_build_unless_a_running_build_holds_it(tmp_path):
-    stale = tmp_path / ".submission_260101_000000.zip.99999999.tmp"
-    running = tmp_path / ".submission_260101_000001.zip.4242.tmp"
-    stale.write_bytes(b"half a zip")
-    running.write_bytes(b"half a zip")
-    with open(running, "rb") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        assert submission.remove_stale_zips(tmp_path) == [stale]
-        assert running.exists() and not stale.exists()
-    assert submission.remove_stale_zips(tmp_path) == [running]
 
 
 def test_one_time_limit_is_the_default_and_printed(tmp_path, capsys):
