@@ -221,7 +221,7 @@ def test_shipped_configs_resolve():
     assert {"b7_reference", "b7_focal", "cpu", "cpu_scratch", "demo"} <= set(names)
     assert names["b7_focal"].train.loss == "focal"
     assert names["b7_reference"].train.loss == "categorical_crossentropy"
-    assert names["cpu"].model.backbone == "efficientnet_lite0" and names["cpu"].model.weights == "imagenet"
+    assert names["cpu"].model.backbone == "efficientnet_lite1" and names["cpu"].model.weights == "imagenet"
     assert names["cpu_scratch"].model.backbone == "small_cnn"
 
 
