@@ -362,6 +362,25 @@ def test_make_train_cpu_selects_on_the_fraction_both_members_train_with():
             assert tomllib.load(f)["data"]["val_fraction"] == float(fraction.group(1)), config
 
 
+def test_make_train_cpu_adds_the_scratch_cnn_only_when_asked(tmp_path, rng):
+    """Lite1 alone by default (zipped as it is); CPU_SCRATCH_EPOCHS=N trains the CNN too and lets --select decide."""
+    train = write_npz(tmp_path / "mine.npz", images=images(8, rng), labels=np.arange(8))
+
+    def plan(*variables):
+        done = subprocess.run(["make", "-n", "-C", str(REPO), "train-cpu", f"TRAIN_SET={train}", *variables],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    alone = plan()
+    assert "configs/cpu.toml" in alone and "cpu_scratch" not in alone and "--select" not in alone
+    assert "build_submission.py --weights weights/cpu" in alone
+    both = plan("CPU_SCRATCH_EPOCHS=45")
+    assert "configs/cpu_scratch.toml" in both and "--epochs 45" in both
+    assert "--select weights/cpu weights/cpu_scratch --selection-data build/selection_seed0.npz" in both
+    assert "--out-selection build/selection_seed0.npz" in both
+
+
 def test_make_train_uses_an_existing_training_file_without_cleaning(tmp_path, rng):
     """A TRAIN_SET that exists is trained on as it is; only a missing one is made by `make split`."""
     train = write_npz(tmp_path / "mine.npz", images=images(8, rng), labels=np.arange(8))
