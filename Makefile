@@ -118,7 +118,8 @@ train: $(INSTALLED) $(TRAIN_SET)
 		$(if $(filter 1 yes true,$(RESUME)),--resume) $(TRAIN_ARGS)
 
 # -- the CPU recipe, whole: EfficientNet-Lite1 from ImageNet (configs/cpu.toml) trained with one
-#    seed, zipped and validated: make train-cpu [CPU_SEED=1] [RESUME=1]; weights in weights/cpu.
+#    seed, zipped with the TTA views that fit the time limit (--fit-budget; SUBMISSION_ARGS gives
+#    your phase's figures) and validated: make train-cpu [CPU_SEED=1] [RESUME=1]; weights/cpu.
 #    CPU_SCRATCH_EPOCHS=N adds the small CNN from scratch (configs/cpu_scratch.toml, N epochs) as
 #    a candidate member: build_submission.py --select keeps it only if averaging it in raises the
 #    shifted accuracy on the images both chose their epoch on. Off by default: with Lite1 it was
@@ -139,9 +140,9 @@ ifneq ($(cpu_with_scratch),)
 	$(PY) -m bloodcells.train --config configs/cpu_scratch.toml --data $(TRAIN_SET) --out $(CPU_RUNS)/cpu_scratch \
 		--export $(CPU_WEIGHTS)/cpu_scratch --seed $(CPU_SEED) --epochs $(CPU_SCRATCH_EPOCHS) $(call cpu_resume,cpu_scratch) $(TRAIN_ARGS)
 	$(PY) -m bloodcells.data $(TRAIN_SET) --out-selection $(SELECTION) --val-fraction $(CPU_VAL_FRACTION) --seed $(CPU_SEED)
-	$(PY) build_submission.py --select $(CPU_WEIGHTS)/cpu $(CPU_WEIGHTS)/cpu_scratch --selection-data $(SELECTION) $(SUBMISSION_ARGS)
+	$(PY) build_submission.py --select $(CPU_WEIGHTS)/cpu $(CPU_WEIGHTS)/cpu_scratch --selection-data $(SELECTION) --fit-budget $(SUBMISSION_ARGS)
 else
-	$(PY) build_submission.py --weights $(CPU_WEIGHTS)/cpu $(SUBMISSION_ARGS)
+	$(PY) build_submission.py --weights $(CPU_WEIGHTS)/cpu --fit-budget $(SUBMISSION_ARGS)
 endif
 
 # -- ImageNet weights ahead of training, on a connected machine (Kaggle offline, cluster nodes):

@@ -374,10 +374,10 @@ def test_make_train_cpu_adds_the_scratch_cnn_only_when_asked(tmp_path, rng):
 
     alone = plan()
     assert "configs/cpu.toml" in alone and "cpu_scratch" not in alone and "--select" not in alone
-    assert "build_submission.py --weights weights/cpu" in alone
+    assert "build_submission.py --weights weights/cpu --fit-budget" in alone  # Lite1's 8 views pass 600 s on 20,000 images
     both = plan("CPU_SCRATCH_EPOCHS=45")
     assert "configs/cpu_scratch.toml" in both and "--epochs 45" in both
-    assert "--select weights/cpu weights/cpu_scratch --selection-data build/selection_seed0.npz" in both
+    assert "--select weights/cpu weights/cpu_scratch --selection-data build/selection_seed0.npz --fit-budget" in both
     assert "--out-selection build/selection_seed0.npz" in both
 
 
