@@ -123,7 +123,8 @@ train: $(INSTALLED) $(TRAIN_SET)
 #    CPU_SCRATCH_EPOCHS=N adds the small CNN from scratch (configs/cpu_scratch.toml, N epochs) as
 #    a candidate member: build_submission.py --select keeps it only if averaging it in raises the
 #    shifted accuracy on the images both chose their epoch on. Off by default: with Lite1 it was
-#    not kept (bench/RESULTS.md), and it costs 20-30 minutes more at 45 epochs.
+#    not kept (bench/RESULTS.md), and 45 epochs add 18 minutes (idle, bench/RESULTS.md), more on
+#    a slower machine.
 CPU_SEED ?= 0
 CPU_SCRATCH_EPOCHS ?= 0
 CPU_RUNS ?= runs

@@ -362,13 +362,18 @@ def test_make_train_cpu_selects_on_the_fraction_both_members_train_with():
             assert tomllib.load(f)["data"]["val_fraction"] == float(fraction.group(1)), config
 
 
+def make_plan(target, *variables):
+    """What `make -n TARGET VARIABLES...` would run in the repository (nothing is run)."""
+    return subprocess.run(["make", "-n", "-C", str(REPO), target, *variables],
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_make_train_cpu_adds_the_scratch_cnn_only_when_asked(tmp_path, rng):
-    """Lite1 alone by default (zipped as it is); CPU_SCRATCH_EPOCHS=N trains the CNN too and lets --select decide."""
+    """Lite1 alone by default, zipped with the views that fit; CPU_SCRATCH_EPOCHS=N trains the CNN too and lets --select decide."""
     train = write_npz(tmp_path / "mine.npz", images=images(8, rng), labels=np.arange(8))
 
     def plan(*variables):
-        done = subprocess.run(["make", "-n", "-C", str(REPO), "train-cpu", f"TRAIN_SET={train}", *variables],
-                              capture_output=True, text=True, timeout=60)
+        done = make_plan("train-cpu", f"TRAIN_SET={train}", *variables)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -385,11 +390,9 @@ def test_make_train_uses_an_existing_training_file_without_cleaning(tmp_path, rn
     """A TRAIN_SET that exists is trained on as it is; only a missing one is made by `make split`."""
     train = write_npz(tmp_path / "mine.npz", images=images(8, rng), labels=np.arange(8))
     for target in ("train", "train-cpu"):
-        plan = subprocess.run(["make", "-n", "-C", str(REPO), target, f"TRAIN_SET={train}"],
-                              capture_output=True, text=True, timeout=60)
+        plan = make_plan(target, f"TRAIN_SET={train}")
         assert plan.returncode == 0, plan.stderr
         assert "bloodcells.clean" not in plan.stdout and "--holdout" not in plan.stdout, target
         assert f"--data {train}" in plan.stdout, target
-    missing = subprocess.run(["make", "-n", "-C", str(REPO), "train", f"TRAIN_SET={tmp_path / 'none.npz'}"],
-                             capture_output=True, text=True, timeout=60)
+    missing = make_plan("train", f"TRAIN_SET={tmp_path / 'none.npz'}")
     assert "split" in missing.stdout
