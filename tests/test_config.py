@@ -225,6 +225,19 @@ def test_shipped_configs_resolve():
     assert names["cpu_scratch"].model.backbone == "small_cnn"
 
 
+def test_bench_configs_keep_what_their_results_were_measured_with():
+    # Most bench configs build on configs/cpu.toml, which changes when a recipe is kept; each must
+    # still train the backbone and input size its bench/RESULTS.md rows name.
+    expected = {"lite0_128": ("efficientnet_lite0", 128), "lite0_blocks8": ("efficientnet_lite0", 128),
+                "lite0_bn_trained": ("efficientnet_lite0", 128), "lite1_128": ("efficientnet_lite1", 128),
+                "lite1_160": ("efficientnet_lite1", 160), "lite0_b7_mechanics": ("efficientnet_lite0", 0),
+                "lite0_b7_lr1e4": ("efficientnet_lite0", 0)}
+    found = {path.stem: load_config(path) for path in sorted((REPO / "bench" / "configs").glob("*.toml"))}
+    assert set(found) == set(expected)
+    for name, (backbone, resize_to) in expected.items():
+        assert (found[name].model.backbone, found[name].model.resize_to) == (backbone, resize_to), name
+
+
 def test_config_errors_name_file_and_field(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[train]\noptimiser = "adam"\n')
