@@ -222,6 +222,7 @@ def test_shipped_configs_resolve():
     assert names["b7_focal"].train.loss == "focal"
     assert names["b7_reference"].train.loss == "categorical_crossentropy"
     assert names["cpu"].model.backbone == "efficientnet_lite1" and names["cpu"].model.weights == "imagenet"
+    assert names["cpu"].model.resize_to == 160
     assert names["cpu_scratch"].model.backbone == "small_cnn"
 
 
