@@ -221,6 +221,7 @@ def test_shipped_configs_resolve():
     assert {"b7_reference", "b7_focal", "cpu", "cpu_scratch", "demo"} <= set(names)
     assert names["b7_focal"].train.loss == "focal"
     assert names["b7_reference"].train.loss == "categorical_crossentropy"
+    assert names["b7_reference"].phase2.lr == 1e-4  # not the report's 1e-5: bench/RESULTS.md, issue 26 point 5
     assert names["cpu"].model.backbone == "efficientnet_lite1" and names["cpu"].model.weights == "imagenet"
     assert names["cpu"].model.resize_to == 160
     assert names["cpu_scratch"].model.backbone == "small_cnn"
@@ -237,6 +238,8 @@ def test_bench_configs_keep_what_their_results_were_measured_with():
     assert set(found) == set(expected)
     for name, (backbone, resize_to) in expected.items():
         assert (found[name].model.backbone, found[name].model.resize_to) == (backbone, resize_to), name
+    # point 5's pair differs by the fine-tuning rate alone, whatever b7_reference.toml's is now
+    assert (found["lite0_b7_mechanics"].phase2.lr, found["lite0_b7_lr1e4"].phase2.lr) == (1e-5, 1e-4)
 
 
 def test_config_errors_name_file_and_field(tmp_path):
