@@ -229,7 +229,8 @@ def test_shipped_configs_resolve():
 
 def test_bench_configs_keep_what_their_results_were_measured_with():
     # Most bench configs build on configs/cpu.toml, which changes when a recipe is kept; each must
-    # still train the backbone and input size its bench/RESULTS.md rows name.
+    # still train the backbone and input size (and, for point 5's pair, the rate) its
+    # bench/RESULTS.md rows name.
     expected = {"lite0_128": ("efficientnet_lite0", 128), "lite0_blocks8": ("efficientnet_lite0", 128),
                 "lite0_bn_trained": ("efficientnet_lite0", 128), "lite1_128": ("efficientnet_lite1", 128),
                 "lite1_160": ("efficientnet_lite1", 160), "lite0_b7_mechanics": ("efficientnet_lite0", 0),
